@@ -1,0 +1,1 @@
+"""One module per ``afmrl`` subcommand; standard-library imports only at top level."""

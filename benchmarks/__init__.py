@@ -1,0 +1,1 @@
+"""Benchmarks: the synthetic catalogue, evaluate metric modules, retrieval runner, speed benchmarks."""

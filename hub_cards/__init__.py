@@ -1,0 +1,1 @@
+"""Jinja templates and renderer for the model card, dataset card and Space README."""
