@@ -82,7 +82,7 @@ VALUE_SYNONYMS: dict[str, tuple[str, ...]] = {
 _VALUE_CANONICAL: dict[str, str] = {
     variant: canonical for canonical, variants in VALUE_SYNONYMS.items() for variant in variants
 }
-_KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+_KEY_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 _SPACES = re.compile(r"\s+")
 _KEY_JUNK = re.compile(r"[\s\-]+")
 _SPLIT_PAIRS = re.compile(r"[;\n]")
@@ -102,9 +102,23 @@ class ParsedAttributes(NamedTuple):
     valid: bool
 
 
+def _fold(text: str) -> str:
+    """NFKC + lower case, repeated to a fixed point so that normalising twice changes nothing.
+
+    One pass is not enough: lower-casing can create a sequence that NFKC composes further
+    ("H" + U+0331 -> "h" + U+0331 -> U+1E96), and NFKC can produce upper case (U+1D2C -> "A").
+    """
+    for _ in range(4):
+        folded = unicodedata.normalize("NFKC", text).lower()
+        if folded == text:
+            break
+        text = folded
+    return text
+
+
 def normalize_key(key: str) -> str:
     """Canonical form of a key: NFKC, lower case, snake_case, synonyms resolved (idempotent)."""
-    key = unicodedata.normalize("NFKC", str(key)).strip().lower()
+    key = _fold(str(key)).strip()
     key = _KEY_JUNK.sub("_", key).strip("_")
     return KEY_SYNONYMS.get(key, key)
 
@@ -114,7 +128,7 @@ def normalize_value(value: str) -> str:
 
     Separators that would break the format (``;`` and new lines) become commas.
     """
-    value = unicodedata.normalize("NFKC", str(value)).lower()
+    value = _fold(str(value))
     value = _SPLIT_PAIRS.sub(",", value)
     value = _SPACES.sub(" ", value).strip(" ,.")
     return _VALUE_CANONICAL.get(value, value)
@@ -133,8 +147,18 @@ def normalize_attributes(attributes: Mapping[str, str]) -> dict[str, str]:
 def render_attributes(
     attributes: Mapping[str, str], key_order: Iterable[str] = CANONICAL_KEY_ORDER
 ) -> str:
-    """Render a dict as ``key: value; key: value`` (normalised; canonical keys first, others sorted)."""
+    """Render a dict as ``key: value; key: value`` (normalised; canonical keys first, others sorted).
+
+    Raises ``ValueError`` for a key that :func:`parse_attributes` could not read back (after
+    normalisation it must match ``[a-z][a-z0-9_]{0,39}``), so rendered text always parses.
+    """
     attrs = normalize_attributes(attributes)
+    for key in attrs:
+        if not _KEY_RE.fullmatch(key):
+            raise ValueError(
+                f"attribute key {key!r} cannot be rendered: keys must be ASCII snake_case "
+                "matching [a-z][a-z0-9_]{0,39} after normalisation"
+            )
     order = [k for k in key_order if k in attrs]
     order += sorted(k for k in attrs if k not in order)
     return PAIR_SEPARATOR.join(f"{k}{KEY_VALUE_SEPARATOR}{attrs[k]}" for k in order)
@@ -158,7 +182,7 @@ def parse_attributes(text: object) -> ParsedAttributes:
             continue
         key, sep, value = piece.partition(":")
         key, value = normalize_key(key), normalize_value(value)
-        if not sep or not value or not _KEY_RE.match(key) or key in attrs:
+        if not sep or not value or not _KEY_RE.fullmatch(key) or key in attrs:
             valid = False
             continue
         attrs[key] = value
