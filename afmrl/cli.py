@@ -15,7 +15,13 @@ from . import __version__
 
 # name -> one-line help. Order is the order a user runs them in.
 COMMANDS: dict[str, str] = {
+    "synth": "write the synthetic fine-grained product catalogue (DatasetDict)",
+    "init": "build the embedded default checkpoint offline",
+    "train-encoder": "stage 1: AGCL / InfoNCE contrastive training of the encoder",
     "pipeline": "run the main job end to end on the embedded default",
+    "index": "encode a gallery split into a faiss index (streaming, resumable)",
+    "search": "search an index with a photo and/or a title",
+    "evaluate": "retrieval metrics, report and Recall@K plot (several models, baselines)",
 }
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -177,10 +177,16 @@ def pad_extreme_aspect(image: Image.Image, max_aspect_ratio: float) -> Image.Ima
 
 
 def as_image_list(images: Any) -> list:
-    """A single image or a batch (list/tuple, 4-D array or tensor) -> list of single images."""
-    if isinstance(images, (list, tuple)):
-        return list(images)
-    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+    """A single image or a batch -> list of single images.
+
+    A batch is a 4-D array/tensor or any iterable that is not itself one image (a list, a tuple,
+    a ``datasets`` column...); a single image is a PIL image, a path, a 2-/3-D array or tensor.
+    """
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        return list(images) if images.ndim == 4 else [images]
+    if isinstance(images, (str, bytes, os.PathLike, Mapping, Image.Image)):
+        return [images]
+    if isinstance(images, Iterable):
         return list(images)
     return [images]
 
@@ -189,7 +195,7 @@ def as_text_list(texts: Any, name: str = "texts") -> list[str]:
     """A string or a sequence of strings (``None`` items become ``""``) -> list of strings."""
     if isinstance(texts, str):
         return [texts]
-    if not isinstance(texts, Sequence):
+    if isinstance(texts, (bytes, Mapping)) or not isinstance(texts, Iterable):
         raise TypeError(f"{name} must be a string or a list of strings, got {type(texts).__name__}")
     out = []
     for i, text in enumerate(texts):

@@ -217,6 +217,25 @@ def test_equivalent_image_forms_give_equal_embeddings(models, family, tmp_path):
     assert (emb[2] - emb[3]).abs().max().item() < 1e-6
 
 
+def test_datasets_columns_are_batches(models):
+    """A ``datasets`` column (not a list in datasets 5) is a batch of images / titles."""
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    rng = np.random.default_rng(3)
+    imgs = [Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)) for _ in range(3)]
+    titles = ["red mug", "blue cap", "green bottle"]
+    ds = Dataset.from_dict(
+        {"image": imgs, "title": titles},
+        features=Features({"image": ImageFeature(), "title": Value("string")}),
+    )
+    model = models["dual"]
+    from_columns = model.encode(images=ds["image"], texts=ds["title"])
+    from_lists = model.encode(images=imgs, texts=titles)
+    assert from_columns.shape == (3, model.config.embed_dim)
+    assert (from_columns - from_lists).abs().max().item() < 1e-5
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_long_titles_are_truncated_not_rejected(models, family):
     model = models[family]
