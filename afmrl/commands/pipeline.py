@@ -1,10 +1,10 @@
 """``afmrl pipeline``: the main job, end to end on the embedded default.
 
 Stages so far: (1) build the synthetic catalogue with a preview sheet, (2) build the embedded
-default checkpoint (its extractor tokenizer trained on the catalogue's train split), (3) a smoke
-check that the checkpoint loads as remote code, encodes listings and extracts attributes. Extractor
-SFT, extraction, AGCL, RAR and evaluation are appended here as they land. A stage whose output
-already exists is skipped, so a rerun continues where a stopped one ended.
+default checkpoint (its extractor tokenizer trained on the catalogue's train split), (3) evaluate it
+on the test split beside the zero-shot baselines (metrics.json, report.md, recall_at_k.png).
+Extractor SFT, extraction, AGCL and RAR are inserted before the evaluation as they land. A stage
+whose output already exists is skipped, so a rerun continues where a stopped one ended.
 """
 
 from __future__ import annotations
@@ -36,28 +36,19 @@ def run(args: argparse.Namespace) -> int:
     init = ["init", "--out", str(model_dir), "--data", str(catalog), "--seed", str(args.seed)]
     stages.append(("embedded default", model_dir / "model.safetensors", [*init, "--overwrite"]))
 
+    evaluate = ["evaluate", "--model", str(model_dir), "--data", str(catalog)]
+    evaluate += ["--out", str(out / "evaluation"), "--baselines"]
+    stages.append(("evaluation", out / "evaluation" / "report.md", evaluate))
+
     for i, (name, done_marker, argv) in enumerate(stages, 1):
         if done_marker.exists():
-            print(f"[pipeline] {i}/{len(stages) + 1} {name}: found {done_marker}, skipped")
+            print(f"[pipeline] {i}/{len(stages)} {name}: found {done_marker}, skipped")
             continue
-        print(f"[pipeline] {i}/{len(stages) + 1} {name}: afmrl {' '.join(argv)}", flush=True)
+        print(f"[pipeline] {i}/{len(stages)} {name}: afmrl {' '.join(argv)}", flush=True)
         rc = main(argv)
         if rc:
             return rc
-    print(f"[pipeline] {len(stages) + 1}/{len(stages) + 1} smoke check of {model_dir}", flush=True)
-    return _smoke_check(model_dir, catalog)
-
-
-def _smoke_check(model_dir, catalog) -> int:
-    """Load the checkpoint as remote code, encode a few validation listings, extract attributes."""
-    from datasets import load_from_disk
-    from transformers import AutoModel
-
-    model = AutoModel.from_pretrained(str(model_dir), trust_remote_code=True)
-    rows = load_from_disk(str(catalog))["validation_query"].select(range(4))
-    emb = model.encode(images=rows["image"], texts=rows["title"])
-    attrs = model.extract_attributes(images=rows["image"], texts=rows["title"])
-    print(
-        f"[pipeline] encoded {tuple(emb.shape)} listings; extractor (before SFT) says: {attrs[0]}"
-    )
+    report = out / "evaluation" / "report.md"
+    print(f"[pipeline] done; report: {report}\n")
+    print(report.read_text())
     return 0
