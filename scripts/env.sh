@@ -5,3 +5,5 @@ export TRANSFORMERS_OFFLINE=1
 export GRADIO_ANALYTICS_ENABLED=False
 export HF_HUB_DISABLE_TELEMETRY=1
 export TOKENIZERS_PARALLELISM=false
+# faiss/torch OpenMP threads busy-wait otherwise, which slows shared small machines 2-3x.
+export OMP_WAIT_POLICY=PASSIVE
