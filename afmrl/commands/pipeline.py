@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from afmrl.cli import main
 
     out = Path(args.out)
-    catalog, model_dir = out / "catalog", out / "model"
+    catalog, model_dir = out / "catalog", out / "base_model"
     stages: list[tuple[str, Path, list[str]]] = []
     synth = ["synth", "--out", str(catalog), "--seed", str(args.seed)]
     synth += ["--preview", str(out / "catalog_preview.png")]
@@ -37,7 +37,13 @@ def run(args: argparse.Namespace) -> int:
     stages.append(("embedded default", model_dir / "model.safetensors", [*init, "--overwrite"]))
 
     evaluate = ["evaluate", "--model", str(model_dir), "--data", str(catalog)]
-    evaluate += ["--out", str(out / "evaluation"), "--baselines"]
+    evaluate += [
+        "--out",
+        str(out / "evaluation"),
+        "--baselines",
+        "--baseline-model",
+        str(model_dir),
+    ]
     stages.append(("evaluation", out / "evaluation" / "report.md", evaluate))
 
     for i, (name, done_marker, argv) in enumerate(stages, 1):
