@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from modeling_afmrl.attributes import normalize_value
+from modeling_afmrl.attributes import CANONICAL_KEY_ORDER, normalize_value
 
 #: Canonical colour name -> RGB used to paint it (13 colours, all with title synonyms).
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -46,15 +46,7 @@ COUNTS: tuple[str, ...] = ("1", "2", "3")
 COUNT_WEIGHTS: tuple[float, ...] = (0.6, 0.25, 0.15)
 
 #: Keys shared by every category, in the order titles and attribute strings list them.
-SHARED_KEYS: tuple[str, ...] = (
-    "category",
-    "brand",
-    "colour",
-    "secondary_colour",
-    "pattern",
-    "size",
-    "count",
-)
+SHARED_KEYS: tuple[str, ...] = CANONICAL_KEY_ORDER
 
 
 @dataclass(frozen=True)
