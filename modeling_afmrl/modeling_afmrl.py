@@ -737,9 +737,13 @@ class AFMRLModel(AFMRLPreTrainedModel):
 def _inference_mode(module: nn.Module):
     """Eval mode inside the block; afterwards exactly the submodules that were training train again.
 
-    A trainer may keep a frozen tower in eval mode, so flags are restored per submodule. When nothing
-    is training (the usual inference case) this costs one walk over the modules and nothing else.
+    A trainer may keep a frozen tower in eval mode, so flags are restored per submodule. A module
+    whose own flag says eval (``model.eval()``, the usual inference case) is used as it is: walking
+    the ~750 submodules of the embedded default costs ~4 ms, a tenth of a one-listing encode.
     """
+    if not module.training:
+        yield
+        return
     training = [m for m in module.modules() if m.training]
     if training:
         module.eval()
