@@ -17,6 +17,8 @@ from . import __version__
 COMMANDS: dict[str, str] = {
     "synth": "write the synthetic fine-grained product catalogue (DatasetDict)",
     "init": "build the embedded default checkpoint offline",
+    "train-extractor": "SFT warm-up of the attribute extractor on teacher attributes",
+    "extract": "add a generated-attributes column to every split (batched, resumable)",
     "train-encoder": "stage 1: AGCL / InfoNCE contrastive training of the encoder",
     "pipeline": "run the main job end to end on the embedded default",
     "index": "encode a gallery split into a faiss index (streaming, resumable)",

@@ -326,14 +326,67 @@ def catalog_tokenizer_corpus(catalog: str | Path, split: str = "train") -> list[
     return corpus
 
 
-def build_extractor_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 2048):
-    """Offline BPE chat tokenizer on ``corpus`` + the built-in attribute corpus (prompt included)."""
+def attribute_token_strings(corpus: Iterable[str], min_count: int = 3) -> list[str]:
+    """Whole-token strings for an extractor whose units are the attribute format's pieces.
+
+    From the well-formed attribute strings in ``corpus``: the prompt's fixed instruction (one
+    token), each key with its separators as it opens an answer (``"category: "``) and as it
+    follows a pair (``"; colour: "``), and each value seen at least ``min_count`` times
+    (``"navy"``, ``"phone case"``; matched as whole words only), which is also how a title spells
+    it, so that copying a title word is copying one token.
+    """
+    from modeling_afmrl.attributes import (
+        EXTRACTOR_PROMPT,
+        KEY_VALUE_SEPARATOR,
+        PAIR_SEPARATOR,
+        parse_attributes,
+    )
+
+    keys: dict[str, int] = {}
+    values: dict[str, int] = {}
+    for text in corpus:
+        parsed = parse_attributes(text)
+        if not parsed.valid or len(parsed.attributes) < 2:
+            continue
+        for k, v in parsed.attributes.items():
+            keys[k] = keys.get(k, 0) + 1
+            values[v] = values.get(v, 0) + 1
+    out = [EXTRACTOR_PROMPT.split("{title}")[0]]
+    for k in sorted(k for k, n in keys.items() if n >= min_count):
+        out += [f"{k}{KEY_VALUE_SEPARATOR}", f"{PAIR_SEPARATOR}{k}{KEY_VALUE_SEPARATOR}"]
+    out += sorted(v for v, n in values.items() if n >= min_count)
+    return out
+
+
+def build_extractor_tokenizer(
+    corpus: Iterable[str] | None = None, vocab_size: int = 2048, attribute_tokens: bool = False
+):
+    """Offline BPE chat tokenizer on ``corpus`` + the built-in attribute corpus (prompt included).
+
+    ``attribute_tokens`` adds :func:`attribute_token_strings` of ``corpus`` as whole tokens
+    (shorter sequences, one decoding step per value, title words shared with answer values).
+    """
+    from tokenizers import AddedToken
+
     from afmrl.tokenizer import train_chat_tokenizer
 
-    texts = builtin_tokenizer_corpus()
-    if corpus is not None:
-        texts = itertools.chain(texts, corpus)
-    return train_chat_tokenizer(texts, vocab_size=vocab_size)
+    corpus = list(corpus) if corpus is not None else []
+    tokenizer = train_chat_tokenizer(
+        itertools.chain(builtin_tokenizer_corpus(), corpus), vocab_size=vocab_size
+    )
+    if attribute_tokens:
+        from tokenizers import normalizers
+
+        # Case-insensitive, so "Phone case" in a title is the answer's "phone case" token (the
+        # prompt's instruction, matched before normalisation, keeps its case).
+        tokenizer.backend_tokenizer.normalizer = normalizers.Lowercase()
+        strings = attribute_token_strings(corpus)
+        # single_word: "red" must not match inside "reddish", nor "1" inside "1000ml".
+        tokenizer.add_tokens(
+            [AddedToken(strings[0], normalized=False)]
+            + [AddedToken(t, single_word=not t.endswith(" ")) for t in strings[1:]]
+        )
+    return tokenizer
 
 
 def probe_feature_map(timm_model, image_size: int, layer: int) -> tuple[int, int, int]:
@@ -458,6 +511,7 @@ def build_embedded_default(
     extractor_image_size: int = DEFAULT_IMAGE_SIZE,
     feature_layer: int = -1,
     vocab_size: int = 2048,
+    attribute_tokens: bool = False,
     work_dir: str | Path | None = None,
     progress: Progress = print,
     seed: int = 0,
@@ -471,6 +525,8 @@ def build_embedded_default(
         embed_dim: listing embedding size.
         image_size: encoder vision tower input side.
         extractor_image_size: extractor input side (128 px -> 16 image tokens at ``feature_layer=-1``).
+        attribute_tokens: give the extractor's tokenizer whole tokens for the prompt, the keys and
+            the values of ``corpus``' attribute strings (:func:`attribute_token_strings`).
         work_dir: where the component folders (vision / extractor) are kept (default: a temporary
             folder, removed at the end).
         progress: called with one line per stage.
@@ -496,7 +552,9 @@ def build_embedded_default(
     vision_dir = save_vision_tower(parts / "vision", image_size, state_dict=state)
 
     progress(f"[init] 2/{steps} extractor tokenizer: training byte-level BPE offline")
-    tokenizer = build_extractor_tokenizer(corpus, vocab_size=vocab_size)
+    tokenizer = build_extractor_tokenizer(
+        corpus, vocab_size=vocab_size, attribute_tokens=attribute_tokens
+    )
 
     progress(
         f"[init] 3/{steps} extractor: LLaVA (EfficientNet-Lite0 + Qwen2 decoder, "

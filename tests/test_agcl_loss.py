@@ -216,7 +216,9 @@ def test_masks_and_counts():
     assert torch.equal(out.mask, expected) and torch.equal(out.mask_t, expected)
     assert out.num_masked == 4
     assert torch.equal(masked_pairs(out.mask, out.mask_t), expected)
-    loose = AGCLLoss("agcl", "none", "attributes", attribute_overlap=0.5)(q, q, attrs, logit_scale=1.0)
+    loose = AGCLLoss("agcl", "none", "attributes", attribute_overlap=0.5)(
+        q, q, attrs, logit_scale=1.0
+    )
     assert loose.mask[0, 3] and loose.mask[3, 1] and not loose.mask[0, 2]
 
 
@@ -254,7 +256,12 @@ def test_bm25_by_hand():
     docs = [["colour=navy", "size=m"], ["colour=navy"], ["colour=red", "size=m", "count=2"]]
     stats = bm25_statistics(docs)
     assert stats.num_documents == 3 and stats.average_length == 2.0
-    assert stats.document_frequency == {"colour=navy": 2, "size=m": 2, "colour=red": 1, "count=2": 1}
+    assert stats.document_frequency == {
+        "colour=navy": 2,
+        "size=m": 2,
+        "colour=red": 1,
+        "count=2": 1,
+    }
     # query colour=navy against doc 1 (length 1): idf = ln(1 + (3-2+.5)/(2+.5)) = ln(1.6)
     k1, b = 1.2, 0.75
     norm = k1 * (1 - b + b * 1 / 2.0)

@@ -76,9 +76,7 @@ def attribute_dict(attributes: Attributes) -> dict[str, str]:
         return normalize_attributes(attributes)
     if isinstance(attributes, str):
         return dict(parse_attributes(attributes).attributes)
-    raise TypeError(
-        f"attributes must be strings, dicts or None, got {type(attributes).__name__}"
-    )
+    raise TypeError(f"attributes must be strings, dicts or None, got {type(attributes).__name__}")
 
 
 def bm25_matrix(
@@ -376,7 +374,9 @@ class AGCLLoss(nn.Module):
 
 def _dicts(attributes: Sequence[Attributes], n: int, name: str) -> list[dict[str, str]]:
     if isinstance(attributes, (str, Mapping)):
-        raise TypeError(f"{name} must be a list with one entry per listing, got one {type(attributes).__name__}")
+        raise TypeError(
+            f"{name} must be a list with one entry per listing, got one {type(attributes).__name__}"
+        )
     attributes = list(attributes)
     if len(attributes) != n:
         raise ValueError(f"{name} has {len(attributes)} entries for a batch of {n}")

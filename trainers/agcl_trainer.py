@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,13 @@ BM25_STATISTICS = ("batch", "corpus")
 #: File (in ``output_dir``) where ``log_masked_pairs`` writes each step's batch and masked pairs.
 MASKED_PAIRS_FILE = "masked_pairs.jsonl"
 #: Parameters trained at ``head_learning_rate``: freshly initialised layers on top of the towers.
-HEAD_PARAMETERS = ("vision_projection", "text_projection", "vlm_projection", "fusion", "logit_scale")
+HEAD_PARAMETERS = (
+    "vision_projection",
+    "text_projection",
+    "vlm_projection",
+    "fusion",
+    "logit_scale",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,6 +106,7 @@ class AGCLConfig(TrainingArguments):
             the vlm encoder, False for the dual one (whose text tower it then adapts).
         lora_r, lora_alpha, lora_dropout: LoRA settings.
         cache_frozen_features (`bool`): memoise a fully frozen vision tower by image content.
+        feature_cache_dir (`str`, *optional*): keep those features on disk here, shared by runs.
         matryoshka (`bool`): average the loss over the model's Matryoshka dims (as `forward` does).
         log_masked_pairs (`bool`): write each step's listing ids and masked pairs to
             `output_dir/masked_pairs.jsonl` (for an offline audit of the filter).
@@ -123,13 +131,14 @@ class AGCLConfig(TrainingArguments):
     augment_second_view: bool | None = None
     batch_sampler: str = field(default="random", metadata={"help": f"one of {BATCH_SAMPLERS}"})
     train_vision_blocks: int = 0
-    train_text_layers: int = 2
+    train_text_layers: int = 0
     head_learning_rate: float | None = 1e-3
     use_lora: bool | None = None
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     cache_frozen_features: bool = True
+    feature_cache_dir: str | None = None
     matryoshka: bool = True
     log_masked_pairs: bool = False
 
@@ -144,7 +153,7 @@ class AGCLConfig(TrainingArguments):
     save_total_limit: int | None = 2
     warmup_steps: float = 0.1
     weight_decay: float = 0.01
-    report_to: None | str | list[str] = "none"
+    report_to: str | list[str] | None = "none"
 
     def __post_init__(self):
         super().__post_init__()
@@ -240,7 +249,9 @@ class AGCLCollator:
         images = [self._get(r, self.image_column) for r in rows]
         titles = [self._get(r, self.title_column) or "" for r in rows]
         if self.augment:
-            pos_images = [self.augmentation(self.processor.prepare_images([im])[0]) for im in images]
+            pos_images = [
+                self.augmentation(self.processor.prepare_images([im])[0]) for im in images
+            ]
             pos_titles = titles
         else:
             pos_images = [self._get(r, self.pos_image_column) for r in rows]
@@ -293,9 +304,7 @@ def resolve_columns(config: AGCLConfig, column_names: Sequence[str]) -> dict[str
     names = set(column_names)
     for name in (config.image_column, config.title_column):
         if name not in names:
-            raise ValueError(
-                f"training data has no {name!r} column (columns: {sorted(names)})"
-            )
+            raise ValueError(f"training data has no {name!r} column (columns: {sorted(names)})")
     augment = config.augment_second_view
     if augment is None:
         augment = config.pos_image_column not in names
@@ -365,7 +374,7 @@ def tower_units(tower: nn.Module) -> list[nn.Module]:
         encoder = getattr(owner, "encoder", None)
         layers = getattr(encoder, "layer", None) or getattr(encoder, "layers", None)
         if layers is not None:
-            first = [getattr(owner, "embeddings")] if hasattr(owner, "embeddings") else []
+            first = [owner.embeddings] if hasattr(owner, "embeddings") else []
             last = [
                 m
                 for m in (getattr(owner, n, None) for n in ("post_layernorm", "final_layer_norm"))
@@ -417,19 +426,22 @@ def configure_trainable(model, config: AGCLConfig):
             frozen += _set_trainable_tail(model.text_model, config.train_text_layers)
     for name in HEAD_PARAMETERS:
         part = getattr(model, name, None)
-        if isinstance(part, nn.Parameter):
-            part.requires_grad_(True)
-        elif isinstance(part, nn.Module):
+        if isinstance(part, (nn.Parameter, nn.Module)):
             part.requires_grad_(True)
     if use_lora:
         from peft import LoraConfig, get_peft_model
 
         heads = [n for n, p in model.named_parameters() if p.requires_grad]
+        pattern = re.compile(model.encoder_lora_target_modules())
+        # Not the text tower's pooler: unused by the encoder's pooling, it would get no gradient.
+        targets = [
+            n for n, _ in model.named_modules() if pattern.fullmatch(n) and ".pooler." not in n
+        ]
         lora = LoraConfig(
             r=config.lora_r,
             lora_alpha=config.lora_alpha,
             lora_dropout=config.lora_dropout,
-            target_modules=model.encoder_lora_target_modules(),
+            target_modules=targets,
         )
         model = get_peft_model(model, lora)
         base = model.get_base_model()
@@ -444,13 +456,25 @@ class FrozenTowerCache:
 
     Installed as the tower's ``forward`` (an instance attribute: the module tree and state dict are
     unchanged, and DDP still sees one forward); :meth:`remove` restores it. Valid only while the
-    tower is frozen and in eval mode, which is how :class:`AGCLTrainer` uses it.
+    tower is frozen and in eval mode, which is how :class:`AGCLTrainer` uses it. With ``directory``
+    the features persist in ``directory/<tower fingerprint>.safetensors`` (loaded here, written by
+    :meth:`save`), so runs that share a frozen tower (seeds, losses, evaluation) compute each image
+    once; the fingerprint covers the tower's weights, the key the exact pixel values.
     """
 
-    def __init__(self, tower: nn.Module):
+    def __init__(self, tower: nn.Module, directory: str | os.PathLike | None = None):
         self.tower = tower
         self.store: dict[bytes, torch.Tensor] = {}
         self.hits = self.misses = 0
+        self.path = None
+        self._saved = 0
+        if directory is not None:
+            self.path = Path(directory) / f"{module_fingerprint(tower)[:32]}.safetensors"
+            if self.path.is_file():
+                from safetensors.torch import load_file
+
+                self.store = {bytes.fromhex(k): v for k, v in load_file(self.path).items()}
+                self._saved = len(self.store)
         tower.forward = self
 
     def __call__(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
@@ -475,10 +499,35 @@ class FrozenTowerCache:
         pooled = torch.stack([self.store[k] for k in keys]).to(pixel_values.device)
         return BaseModelOutputWithPooling(last_hidden_state=None, pooler_output=pooled)
 
-    def remove(self) -> None:
+    def save(self) -> None:
+        """Write the features to ``directory`` (no-op without one, or when nothing is new)."""
+        if self.path is None or len(self.store) == self._saved:
+            return
+        from safetensors.torch import save_file
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        save_file({k.hex(): v.contiguous() for k, v in self.store.items()}, str(tmp))
+        os.replace(tmp, self.path)
+        self._saved = len(self.store)
+
+    def remove(self, save: bool = True) -> None:
+        """Restore the tower's own ``forward`` (saving first) and drop the in-memory features."""
+        if save:
+            self.save()
         if self.tower.__dict__.get("forward") is self:
             del self.tower.forward
         self.store.clear()
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """sha256 over a module's state dict (names, dtypes, shapes, values)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -595,12 +644,11 @@ class AGCLTrainer(Trainer):
             and not any(p.requires_grad for p in base.vision_model.parameters())
             and not columns["augment"]
         ):
-            self._feature_cache = FrozenTowerCache(base.vision_model)
+            self._feature_cache = FrozenTowerCache(base.vision_model, args.feature_cache_dir)
         self._norm_layers = [
             m for m in base.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
         ]
         self._metrics: dict[str, list[float]] = {}
-        self._masked_log = None
         super().__init__(
             model=model,
             args=args,
@@ -653,7 +701,7 @@ class AGCLTrainer(Trainer):
             "masked": float(result.num_masked) / 2,  # per direction
             "masked_frac": float(result.num_masked) / max(1, 2 * n * (n - 1)),
             "accuracy": float(result.accuracy),
-            "logit_scale": float(scale),
+            "logit_scale": float(scale.detach()),
         }
         for key, value in values.items():
             self._metrics.setdefault(key, []).append(value)
@@ -716,7 +764,7 @@ class AGCLTrainer(Trainer):
         Removes the feature cache hook first; the model stays usable afterwards."""
         output_dir = os.fspath(output_dir or self.args.output_dir)
         if self._feature_cache is not None:
-            self._feature_cache.remove()
+            self._feature_cache.remove(save=self.is_world_process_zero())
             self._feature_cache = None
         model = self.accelerator.unwrap_model(self.model)
         if hasattr(model, "merge_and_unload"):

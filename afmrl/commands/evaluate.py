@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 SPLITS = ("test", "validation")
-TASKS = ("listing", "image", "text")
+TASKS = ("listing", "image", "text", "attributes")
 ATTRIBUTES = ("none", "teacher", "generated")
 
 
@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--task",
         choices=TASKS,
         default="listing",
-        help="listing = photo+title -> photo+title, image = photo -> photo, text = title -> photo "
+        help="listing = photo+title -> photo+title, image = photo -> photo, text = title -> photo, "
+        "attributes = the extractor's attributes scored against gold_attributes "
         "(default: %(default)s)",
     )
     parser.add_argument(
@@ -120,6 +121,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         model_display_name,
     )
 
+    if args.task == "attributes":
+        from benchmarks.attribute_eval import run_attribute_task
+
+        return run_attribute_task(args)
     start = time.perf_counter()
     out = Path(args.out)
     if out.exists() and not out.is_dir():

@@ -36,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="EfficientNet stage the extractor reads (-1: 320 ch at stride 32; -2: 112 ch at 16)",
     )
     parser.add_argument("--vocab-size", type=int, default=2048, help="extractor tokenizer size")
+    parser.add_argument(
+        "--attribute-tokens",
+        action="store_true",
+        help="extractor tokenizer with one token per attribute key / value seen in --data's "
+        "teacher attributes (and the prompt): shorter sequences, title words = answer tokens",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--overwrite", action="store_true", help="write into --out even if it is not empty"
@@ -75,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         extractor_image_size=args.extractor_image_size,
         feature_layer=args.feature_layer,
         vocab_size=args.vocab_size,
+        attribute_tokens=args.attribute_tokens,
         progress=progress,
         seed=args.seed,
     )

@@ -15,7 +15,9 @@ ATTRIBUTE_ALIASES = {"teacher": "teacher_attributes", "none": None}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="AFMRL checkpoint folder (or Hub id)")
-    parser.add_argument("--data", required=True, help="catalogue (save_to_disk folder, CSV/JSONL, Hub id)")
+    parser.add_argument(
+        "--data", required=True, help="catalogue (save_to_disk folder, CSV/JSONL, Hub id)"
+    )
     parser.add_argument("--out", required=True, help="output folder: checkpoints and final model")
     loss = parser.add_argument_group("loss")
     loss.add_argument("--loss", choices=("agcl", "infonce"), default="agcl")
@@ -64,7 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--batch-sampler", choices=("random", "attributes"), default="random")
     train = parser.add_argument_group("training")
     train.add_argument("--batch-size", type=int, default=64, help="per-device batch size")
-    train.add_argument("--max-steps", type=int, default=60)
+    train.add_argument(
+        "--max-steps",
+        type=int,
+        default=15,
+        help="optimiser steps (default %(default)s: best on the default catalogue's validation "
+        "split; longer runs overfit its same-seller view pairs)",
+    )
     train.add_argument("--epochs", type=float, default=1.0, help="used when --max-steps <= 0")
     train.add_argument("--lr", type=float, default=5e-5, help="learning rate of tower layers")
     train.add_argument(
@@ -76,7 +84,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--train-vision-blocks", type=int, default=0, help="last vision blocks trained (-1: all)"
     )
     train.add_argument(
-        "--train-text-layers", type=int, default=2, help="last text layers trained (-1: all)"
+        "--train-text-layers",
+        type=int,
+        default=0,
+        help="last text layers trained (-1: all; default %(default)s: projections, fusion and "
+        "temperature only, best on the default catalogue's validation split)",
     )
     train.add_argument(
         "--lora",
@@ -87,7 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--lora-r", type=int, default=16)
     train.add_argument("--save-steps", type=int, default=50, help="checkpoint every N steps")
     train.add_argument("--logging-steps", type=int, default=10)
-    train.add_argument("--resume", action="store_true", help="resume from the last checkpoint in --out")
+    train.add_argument(
+        "--resume", action="store_true", help="resume from the last checkpoint in --out"
+    )
     train.add_argument(
         "--keep-checkpoints", action="store_true", help="keep checkpoint-* folders after training"
     )
@@ -98,6 +112,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-masked-pairs",
         action="store_true",
         help="write each step's batch and masked pairs to OUT/masked_pairs.jsonl",
+    )
+    train.add_argument(
+        "--feature-cache",
+        default=None,
+        metavar="DIR",
+        help="keep a frozen vision tower's features here, shared by runs (dual encoder)",
     )
     train.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -171,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
             save_steps=args.save_steps,
             logging_steps=args.logging_steps,
             log_masked_pairs=args.log_masked_pairs,
+            feature_cache_dir=args.feature_cache,
             disable_tqdm=args.no_progress,
         )
     except ValueError as err:

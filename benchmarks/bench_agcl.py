@@ -1,0 +1,165 @@
+"""AGCL step time over InfoNCE step time, measured in the same process (target: at most 1.15).
+
+Both losses train the same model (the embedded default unless ``--model`` says otherwise) with the
+same trainer settings on the same pre-collated batches of the catalogue's train split; only the loss
+differs (``agcl``: BM25 weights + both false-negative filters; ``infonce``: plain CLIP loss). A
+timed step is ``AGCLTrainer.training_step`` (forward of both views, loss, backward) plus the
+optimiser step. The two are interleaved (A B A B ...) so load changes on a shared machine hit both,
+and the median is reported. Each batch is seen once untimed first, so a frozen vision tower's features
+come from the cache as in a run's later epochs (the steady state). The loss alone (forward + backward on fixed embeddings) is timed too.
+
+    python benchmarks/bench_agcl.py --model /tmp/model --data /tmp/catalog --batch-size 64
+
+Without ``--model`` an embedded default is built (``afmrl init``, about 10 s); without ``--data`` a
+300-product synthetic catalogue is written to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET_RATIO = 1.15
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="AFMRL checkpoint (default: build one)")
+    parser.add_argument("--data", default=None, help="catalogue (default: synthesise one)")
+    parser.add_argument("--batch-size", type=int, default=64, help="listings per step")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per loss")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-sampler", choices=("random", "attributes"), default="attributes")
+    return parser.parse_args(argv)
+
+
+def build_inputs(args: argparse.Namespace, workdir: Path) -> tuple[str, str]:
+    from afmrl.cli import main as cli
+
+    data = args.data
+    if data is None:
+        data = str(workdir / "catalog")
+        if cli(["synth", "--out", data, "--products", "300", "--num-proc", "1"]) != 0:
+            raise SystemExit("could not build the catalogue")
+    model = args.model
+    if model is None:
+        model = str(workdir / "model")
+        if cli(["init", "--out", model, "--data", data]) != 0:
+            raise SystemExit("could not build the embedded default")
+    return model, data
+
+
+def make_trainer(model_path: str, train, loss: str, batch_size: int, sampler: str, out: Path):
+    from modeling_afmrl import AFMRLModel
+    from trainers.agcl_trainer import AGCLConfig, AGCLTrainer
+
+    config = AGCLConfig(
+        output_dir=str(out / loss),
+        loss=loss,
+        per_device_train_batch_size=batch_size,
+        batch_sampler=sampler,
+        max_steps=1000,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = AGCLTrainer(AFMRLModel.from_pretrained(model_path), config, train_dataset=train)
+    trainer.create_optimizer_and_scheduler(num_training_steps=1000)
+    trainer.current_gradient_accumulation_steps = 1  # set by train() otherwise
+    return trainer
+
+
+def timed_step(trainer, batch) -> float:
+    model = trainer.model
+    start = time.perf_counter()
+    trainer.training_step(model, dict(batch))
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def time_loss_only(batch_size: int, attributes: list[str], repeats: int = 20) -> dict[str, float]:
+    import torch
+
+    from trainers.agcl_loss import AGCLLoss
+
+    torch.manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(batch_size, 256), dim=-1).requires_grad_()
+    c = torch.nn.functional.normalize(torch.randn(batch_size, 256), dim=-1).requires_grad_()
+    out = {}
+    for loss in ("infonce", "agcl"):
+        fn = AGCLLoss(loss)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            result = fn(q, c, attributes, logit_scale=14.3, matryoshka_dims=[256, 128, 64, 32])
+            result.loss.backward()
+            times.append(time.perf_counter() - start)
+        out[loss] = statistics.median(times)
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    from afmrl.catalog import load_catalog
+
+    with tempfile.TemporaryDirectory(prefix="bench-agcl-") as tmp:
+        workdir = Path(tmp)
+        model_path, data_path = build_inputs(args, workdir)
+        train = load_catalog(data_path, splits=["train"], check_images=False)["train"]
+        trainers = {
+            loss: make_trainer(
+                model_path, train, loss, args.batch_size, args.batch_sampler, workdir
+            )
+            for loss in ("infonce", "agcl")
+        }
+        loader = trainers["agcl"].get_train_dataloader()
+        batches = []
+        for batch in loader:
+            batches.append(batch)
+            if len(batches) == args.steps + 1:
+                break
+        # Warm-up pass (fills each trainer's frozen-feature cache, as after a training run's first
+        # epoch), then the timed pass, interleaved.
+        for batch in batches:
+            for trainer in trainers.values():
+                timed_step(trainer, batch)
+        times: dict[str, list[float]] = {"infonce": [], "agcl": []}
+        for batch in batches[1:]:
+            for loss, trainer in trainers.items():
+                times[loss].append(timed_step(trainer, batch))
+        attributes = list(batches[0]["attribute_texts"])
+
+    med = {loss: statistics.median(t) for loss, t in times.items()}
+    ratio = med["agcl"] / med["infonce"]
+    loss_only = time_loss_only(args.batch_size, attributes)
+    print(f"# AGCL vs InfoNCE step time ({args.batch_size} listings x 2 views per step)")
+    print(
+        f"- torch {torch.__version__}, {torch.get_num_threads()} threads, sampler {args.batch_sampler}"
+    )
+    print(f"- model {model_path}; {len(batches) - 1} timed steps per loss, interleaved; median")
+    print()
+    print("| loss | step s (median) | min | max |")
+    print("|---|---:|---:|---:|")
+    for loss, t in times.items():
+        print(f"| {loss} | {med[loss]:.3f} | {min(t):.3f} | {max(t):.3f} |")
+    print()
+    print(
+        f"loss alone (forward + backward, {args.batch_size}x256, 4 Matryoshka dims): "
+        f"infonce {loss_only['infonce'] * 1e3:.1f} ms, agcl {loss_only['agcl'] * 1e3:.1f} ms"
+    )
+    verdict = "ok" if ratio <= TARGET_RATIO else "ABOVE TARGET"
+    print(f"AGCL / InfoNCE step time ratio: {ratio:.3f} (target <= {TARGET_RATIO}: {verdict})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
