@@ -10,3 +10,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+try:  # property tests: no per-example deadline (CI machines are small and shared)
+    from hypothesis import settings
+
+    settings.register_profile("afmrl", deadline=None)
+    settings.load_profile("afmrl")
+except ImportError:  # pragma: no cover - hypothesis is in the dev extra
+    pass

@@ -173,6 +173,13 @@ class AGCLConfig(TrainingArguments):
             raise ValueError(
                 "AGCL needs dataloader_drop_last=True: every process must hold a full batch"
             )
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and self.world_size != launched:
+            # transformers treats a GPU-less torchrun launch as N independent runs unless use_cpu.
+            raise ValueError(
+                f"launched with WORLD_SIZE={launched} but the Trainer sees {self.world_size} "
+                "process(es): on CPU set use_cpu=True so that the processes train together"
+            )
 
     def build_loss(self, statistics: BM25Statistics | None = None) -> AGCLLoss:
         """The :class:`AGCLLoss` these settings describe."""

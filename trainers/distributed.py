@@ -17,6 +17,7 @@ checks both against one process.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -52,7 +53,13 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
             f"gather_with_grad needs the same shape on every process, got {sizes} (rank order); "
             "set dataloader_drop_last=True"
         )
-    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+    with warnings.catch_warnings():
+        # torch 2.14 deprecates it for a private API (_functional_collectives); the public,
+        # gradient-keeping all_gather stays the documented choice until that one is public.
+        warnings.filterwarnings(
+            "ignore", "torch.distributed.nn.functional.all_gather", FutureWarning
+        )
+        return torch.cat(all_gather(tensor.contiguous()), dim=0)
 
 
 def gather_objects(items: list[Any]) -> list[Any]:

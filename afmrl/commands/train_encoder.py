@@ -129,6 +129,15 @@ def _column(value: str | None) -> str | None:
     return ATTRIBUTE_ALIASES.get(value, value)
 
 
+def _has_accelerator(torch) -> bool:
+    xpu = getattr(torch, "xpu", None)
+    return (
+        torch.cuda.is_available()
+        or (xpu is not None and xpu.is_available())
+        or torch.backends.mps.is_available()
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     import shutil
     import sys
@@ -193,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
             log_masked_pairs=args.log_masked_pairs,
             feature_cache_dir=args.feature_cache,
             disable_tqdm=args.no_progress,
+            use_cpu=not _has_accelerator(torch),
         )
     except ValueError as err:
         return fail(str(err))
@@ -207,16 +217,20 @@ def run(args: argparse.Namespace) -> int:
         trainer = AGCLTrainer(model, config, train_dataset=train)
     except (OSError, ValueError) as err:
         return fail(str(err))
-    print(
-        f"[train-encoder] {len(train)} listings, global batch {per_step}, "
-        f"{trainer.loss_fn!r}, sampler {args.batch_sampler}",
-        flush=True,
-    )
+    main_process = trainer.is_world_process_zero()
+    if main_process:
+        print(
+            f"[train-encoder] {len(train)} listings, global batch {per_step}, "
+            f"{trainer.loss_fn!r}, sampler {args.batch_sampler}",
+            flush=True,
+        )
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=True if args.resume else None)
     trainer.save_final_model(out)
     seconds = time.perf_counter() - start
-    if trainer.is_world_process_zero() and not args.keep_checkpoints:
+    if not main_process:
+        return 0
+    if not args.keep_checkpoints:
         for folder in out.glob("checkpoint-*"):
             shutil.rmtree(folder, ignore_errors=True)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
