@@ -468,11 +468,12 @@ def test_afmrl_init_builds_a_self_contained_checkpoint(tmp_path):
         key = next(k for k in names if k.endswith("word_embeddings.weight"))
         assert torch.equal(minilm_word_emb, f.get_tensor(key))
 
-    # The extractor's tokenizer learnt the catalogue's words.
+    # The extractor's tokenizer learnt the catalogue's words (with attribute tokens, the default,
+    # a value seen in the teacher attributes is one token of its own).
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(out / "extractor_processor")
-    assert tokenizer.tokenize(" quorvex") == ["Ġquorvex"]
+    assert [t for t in tokenizer.tokenize(" quorvex") if t != "Ġ"] in (["quorvex"], ["Ġquorvex"])
 
     # A fresh process elsewhere, without the weight packages or this repo, loads it and encodes.
     rng = np.random.default_rng(3)

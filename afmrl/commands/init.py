@@ -27,18 +27,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--extractor-image-size",
         type=int,
         default=128,
-        help="extractor image side (128 px: 16 image tokens from the last stage)",
+        help="extractor image side (128 px: 8x8 = 64 image tokens at --feature-layer -2)",
     )
     parser.add_argument(
         "--feature-layer",
         type=int,
-        default=-1,
-        help="EfficientNet stage the extractor reads (-1: 320 ch at stride 32; -2: 112 ch at 16)",
+        default=-2,
+        help="EfficientNet stage the extractor reads (-2: 112 ch at stride 16, the default; -1: 320 ch at 32)",
     )
     parser.add_argument("--vocab-size", type=int, default=2048, help="extractor tokenizer size")
     parser.add_argument(
         "--attribute-tokens",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="extractor tokenizer with one token per attribute key / value seen in --data's "
         "teacher attributes (and the prompt): shorter sequences, title words = answer tokens",
     )
