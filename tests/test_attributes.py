@@ -162,7 +162,7 @@ def test_render_puts_canonical_keys_first(attrs: dict[str, str]) -> None:
 @budget
 @given(
     st.one_of(
-        st.from_regex(r"[a-z][a-z0-9_]{40,60}", fullmatch=True),  # too long
+        st.from_regex(r"[a-z][a-z0-9_]{39,59}[a-z0-9]", fullmatch=True),  # too long
         st.sampled_from(["größe", "1st_colour", "колір", "colour!"]),  # not ASCII snake_case
     )
 )
