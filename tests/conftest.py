@@ -28,7 +28,11 @@ def _restore_float_state():
     """Commands run in-process may call ``torch.set_flush_denormal(True)`` (a CPU speed-up for
     training); it is process-wide, so undo it after each test: it changes float results in the
     last bits and breaks hypothesis' float strategies."""
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else None
     yield
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_flush_denormal(False)
+        if threads is not None:
+            torch.set_num_threads(threads)

