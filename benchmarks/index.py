@@ -43,6 +43,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from benchmarks.atomic_io import TMP_PREFIX, fsync_dir, write_text_atomic
 from benchmarks.retrieval_metrics import rank_by_scores
 
 INDEX_KINDS: tuple[str, ...] = ("flat", "ivf", "ivfpq", "hnsw")
@@ -54,7 +55,6 @@ META_FILE = "index.json"
 ADD_BATCH_SIZE = 65_536
 #: faiss warns below this many training points per k-means centroid.
 MIN_POINTS_PER_CENTROID = 39
-_TMP_PREFIX = ".tmp-"
 
 
 class IndexFileError(ValueError):
@@ -491,7 +491,7 @@ class RetrievalIndex:
         if folder.exists() and not folder.is_dir():
             raise NotADirectoryError(f"{folder} exists and is not a folder")
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f"{_TMP_PREFIX}{uuid.uuid4().hex}.faiss"
+        tmp = folder / f"{TMP_PREFIX}{uuid.uuid4().hex}.faiss"
         try:
             faiss.write_index(self._index, str(tmp))
             _fsync_file(tmp)
@@ -500,12 +500,12 @@ class RetrievalIndex:
             os.replace(tmp, index_file)
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(folder)
+        fsync_dir(folder)
         meta = self.metadata()
         meta.update(index_file=index_file.name, sha256=digest)
-        _write_text_atomic(folder / META_FILE, json.dumps(meta))
+        write_text_atomic(folder / META_FILE, json.dumps(meta))
         for stale in folder.iterdir():
-            if stale.name.startswith(_TMP_PREFIX) or (
+            if stale.name.startswith(TMP_PREFIX) or (
                 stale.name.startswith("index-")
                 and stale.suffix == ".faiss"
                 and stale.name != index_file.name
@@ -603,29 +603,3 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make renames in ``folder`` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder, fsync and rename."""
-    tmp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}{path.suffix}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)

@@ -25,7 +25,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.retrieval import RetrievalRun, write_text_atomic
+from benchmarks.atomic_io import write_text_atomic
+from benchmarks.retrieval import RetrievalRun
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from benchmarks.atomic_io import write_text_atomic
 from benchmarks.retrieval_metrics import (
     DEFAULT_MAP_KS,
     DEFAULT_NDCG_KS,
@@ -657,20 +658,6 @@ def model_fingerprint(model) -> str:
 
 
 # ------------------------------------------------------------------------------------- helpers
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` via a temporary file in the same folder, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):

@@ -22,7 +22,7 @@ class FakeHub:
         from huggingface_hub import RepoUrl
 
         self.repos.append(repo_id)
-        return RepoUrl(f"https://huggingface.co/{repo_id}")
+        return RepoUrl(f"http://127.0.0.1/{repo_id}", endpoint="http://127.0.0.1")
 
     def create_commit(self, api, repo_id, operations, **kwargs):
         files = {}

@@ -282,7 +282,7 @@ def _write_shard(partial, batch: int, emb, ids: list, titles, attrs) -> None:
 
     import numpy as np
 
-    from benchmarks.retrieval import write_text_atomic
+    from benchmarks.atomic_io import write_text_atomic
 
     partial.mkdir(parents=True, exist_ok=True)
     vec, meta = _shard_paths(partial, batch)
@@ -299,7 +299,7 @@ def _write_shard(partial, batch: int, emb, ids: list, titles, attrs) -> None:
 def _write_progress(partial, settings: dict, done: int, total: int) -> None:
     import json
 
-    from benchmarks.retrieval import write_text_atomic
+    from benchmarks.atomic_io import write_text_atomic
 
     payload = {"settings": settings, "batches_done": done, "batches_total": total}
     write_text_atomic(partial / PROGRESS_FILE, json.dumps(payload, indent=1))
@@ -384,8 +384,8 @@ def _write_listings(out, partial, total: int) -> None:
 def _write_info(out, settings: dict, index, kind: str) -> None:
     import json
 
+    from benchmarks.atomic_io import write_text_atomic
     from benchmarks.index import META_FILE
-    from benchmarks.retrieval import write_text_atomic
 
     meta = json.loads((out / META_FILE).read_text(encoding="utf-8"))
     info = {
