@@ -1,1 +1,2 @@
-"""Benchmarks: the synthetic catalogue, evaluate metric modules, retrieval runner, speed benchmarks."""
+"""Speed and memory benchmarks (scripts; the product code lives in ``afmrl``, ``trainers`` and
+``modeling_afmrl``)."""

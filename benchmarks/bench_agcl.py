@@ -55,7 +55,8 @@ def build_inputs(args: argparse.Namespace, workdir: Path) -> tuple[str, str]:
 
 def make_trainer(model_path: str, train, loss: str, batch_size: int, sampler: str, out: Path):
     from modeling_afmrl import AFMRLModel
-    from trainers.agcl_trainer import AGCLConfig, AGCLTrainer
+    from trainers.agcl.config import AGCLConfig
+    from trainers.agcl.trainer import AGCLTrainer
 
     config = AGCLConfig(
         output_dir=str(out / loss),
@@ -85,7 +86,7 @@ def timed_step(trainer, batch) -> float:
 def time_loss_only(batch_size: int, attributes: list[str], repeats: int = 20) -> dict[str, float]:
     import torch
 
-    from trainers.agcl_loss import AGCLLoss
+    from trainers.agcl.loss import AGCLLoss
 
     torch.manual_seed(0)
     q = torch.nn.functional.normalize(torch.randn(batch_size, 256), dim=-1).requires_grad_()
@@ -109,7 +110,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    from afmrl.catalog import load_catalog
+    from afmrl.data import load_catalog
 
     with tempfile.TemporaryDirectory(prefix="bench-agcl-") as tmp:
         workdir = Path(tmp)

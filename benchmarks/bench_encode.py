@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch = None
     model_dir = args.model
     if model_dir is None:
-        from afmrl.default_model import build_embedded_default
+        from afmrl.defaults import build_embedded_default
 
         scratch = tempfile.TemporaryDirectory(prefix="afmrl-bench-")
         model_dir = build_embedded_default(Path(scratch.name) / "default", progress=lambda _: None)

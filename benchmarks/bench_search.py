@@ -177,7 +177,7 @@ def _rss_bytes() -> tuple[int, int]:
 
 def memory_child(args: argparse.Namespace) -> dict[str, Any]:
     """Stream ``n_large`` vectors into a flat index in this (fresh) process; report RSS growth."""
-    from benchmarks.index import RetrievalIndex
+    from afmrl.retrieval.index import RetrievalIndex
 
     n = args.n_large
     index = RetrievalIndex(args.dim)
@@ -245,7 +245,7 @@ def exact_rows(
     """numpy vs raw faiss vs RetrievalIndex exact search on one gallery."""
     import faiss
 
-    from benchmarks.index import RetrievalIndex
+    from afmrl.retrieval.index import RetrievalIndex
 
     k, n = args.k, len(gallery)
     rows = []
@@ -300,7 +300,7 @@ def approx_rows(
     args: argparse.Namespace,
 ) -> list[dict[str, Any]]:
     """Build one approximate index, then search it at each setting of ``sweep``."""
-    from benchmarks.index import RetrievalIndex
+    from afmrl.retrieval.index import RetrievalIndex
 
     build_s, index = best_time(
         lambda: RetrievalIndex.build(
@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(memory_child(args)))
         return 0
 
-    from benchmarks.index import RetrievalIndex
+    from afmrl.retrieval.index import RetrievalIndex
 
     results: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()}}
     print("# Search benchmark\n")

@@ -1,1 +1,1 @@
-"""Jinja templates and renderer for the model card, dataset card and Space README."""
+"""Jinja templates and their renderer: the model card, the dataset card and the Space README."""

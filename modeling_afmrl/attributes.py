@@ -3,16 +3,15 @@
 An attribute string is ``key: value; key: value`` with lower-case snake_case keys and normalised
 values, e.g. ``category: t-shirt; colour: navy; neckline: v-neck; count: 2``. The extractor is asked
 for exactly this form; :func:`parse_attributes` reads whatever it produced without ever raising and
-says whether the text was well formed. BM25 between attribute texts (AGCL's hard-negative weights,
-one ``key=value`` term per attribute) and the attribute-agreement rule of its false-negative filter
-are defined here too, as pure functions.
+says whether the text was well formed, and :func:`canonical_attribute_text` is the one policy for
+what of a generated or given attribute text enters an embedding, a loss or a dataset column.
 
-This file is shipped as remote code with every checkpoint: standard library only.
+This file is shipped as remote code with every checkpoint: standard library only, and only what a
+checkpoint needs at load time (training-only maths such as BM25 lives in ``trainers``).
 """
 
 from __future__ import annotations
 
-import math
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
@@ -208,120 +207,22 @@ def extractor_messages(title: str) -> list[dict]:
     ]
 
 
-def attribute_agreement(a: Mapping[str, str], b: Mapping[str, str]) -> float:
-    """Fraction of the keys present in both dicts whose values agree (0.0 when none is shared)."""
-    shared = set(a) & set(b)
-    if not shared:
-        return 0.0
-    return sum(a[k] == b[k] for k in shared) / len(shared)
+def canonical_attribute_text(attributes: Mapping[str, str] | str | None) -> str:
+    """The attribute text that enters an embedding, a loss or a column, for any input.
 
-
-# --------------------------------------------------------------------------------------------
-# BM25 between attribute texts (AGCL's hard-negative weights)
-# --------------------------------------------------------------------------------------------
-
-#: Okapi BM25 defaults (Robertson & Zaragoza; Lucene uses the same).
-BM25_K1 = 1.2
-BM25_B = 0.75
-#: Joins a key and its value into one BM25 term.
-TERM_SEPARATOR = "="
-
-
-class BM25Statistics(NamedTuple):
-    """Collection statistics BM25 needs: document count, document frequency per term, mean length."""
-
-    num_documents: int
-    document_frequency: dict[str, int]
-    average_length: float
-
-
-def attribute_terms(attributes: Mapping[str, str] | str | None) -> list[str]:
-    """The BM25 terms of one listing's attributes: one ``key=value`` term per attribute.
-
-    A term is the whole normalised pair, so ``colour: navy`` and ``secondary_colour: navy`` are
-    different terms and ``colour: navy blue`` is one term (a multi-word value is one fact, not
-    several words). Accepts a dict or an attribute string (pairs readable from a malformed string
-    are kept); ``None`` and empty input give no term.
+    The one policy for malformed output, used by the processor, attribute generation for a split
+    (``afmrl extract``, evaluation, indexing, the demo) and training: a dict or a well-formed string
+    is rendered canonically (normalised keys and values, canonical key order); a malformed string,
+    an empty one or ``None`` gives ``""``, so nothing is appended to the listing text and garbage
+    never enters an embedding. Raises ``ValueError`` for a dict with a key that cannot be rendered.
     """
     if attributes is None:
-        return []
+        return ""
     if isinstance(attributes, Mapping):
-        attrs = normalize_attributes(attributes)
-    else:
-        attrs = parse_attributes(attributes).attributes
-    return [f"{k}{TERM_SEPARATOR}{v}" for k, v in attrs.items()]
-
-
-def bm25_statistics(documents: Iterable[Iterable[str]]) -> BM25Statistics:
-    """Statistics of a collection of term lists (a batch, or a whole training corpus)."""
-    df: dict[str, int] = {}
-    n = total = 0
-    for terms in documents:
-        terms = list(terms)
-        n += 1
-        total += len(terms)
-        for term in set(terms):
-            df[term] = df.get(term, 0) + 1
-    return BM25Statistics(n, df, total / n if n else 0.0)
-
-
-def bm25_idf(term: str, stats: BM25Statistics) -> float:
-    """Non-negative BM25 idf ``log(1 + (N - df + 0.5) / (df + 0.5))`` (Lucene's form)."""
-    df = stats.document_frequency.get(term, 0)
-    return math.log(1.0 + (stats.num_documents - df + 0.5) / (df + 0.5))
-
-
-def bm25_score(
-    query: Iterable[str],
-    document: Iterable[str],
-    stats: BM25Statistics,
-    k1: float = BM25_K1,
-    b: float = BM25_B,
-) -> float:
-    """Okapi BM25 of ``document`` (a term list) for ``query`` (a term list); 0 for an empty side.
-
-    ``sum_t idf(t) * tf(t, d) * (k1 + 1) / (tf(t, d) + k1 * (1 - b + b * |d| / avgdl))`` over the
-    query's terms (a repeated query term counts each time).
-    """
-    document = list(document)
-    if not document or stats.average_length <= 0:
-        return 0.0
-    tf: dict[str, int] = {}
-    for term in document:
-        tf[term] = tf.get(term, 0) + 1
-    norm = k1 * (1.0 - b + b * len(document) / stats.average_length)
-    score = 0.0
-    for term in query:
-        f = tf.get(term, 0)
-        if f:
-            score += bm25_idf(term, stats) * f * (k1 + 1.0) / (f + norm)
-    return score
-
-
-def bm25_scores(
-    queries: Iterable[Iterable[str]],
-    documents: Iterable[Iterable[str]],
-    stats: BM25Statistics | None = None,
-    k1: float = BM25_K1,
-    b: float = BM25_B,
-) -> list[list[float]]:
-    """``scores[i][j] = bm25_score(queries[i], documents[j])``; statistics default to ``documents``'."""
-    documents = [list(d) for d in documents]
-    stats = bm25_statistics(documents) if stats is None else stats
-    return [[bm25_score(q, d, stats, k1, b) for d in documents] for q in map(list, queries)]
-
-
-def attributes_agree(a: Mapping[str, str], b: Mapping[str, str], min_overlap: float = 0.8) -> bool:
-    """AGCL's attribute false-negative rule: do ``a`` and ``b`` describe the same product?
-
-    True when the keys both state cover at least ``min_overlap`` of the keys either states, and
-    the two agree on every one of them. Listings with no shared key never agree; two empty
-    dicts do not either. The overlap requirement keeps a near-identical sibling (same family, one
-    attribute different) from matching just because one side omitted the attribute that differs.
-    """
-    if not 0.0 <= min_overlap <= 1.0:
-        raise ValueError(f"min_overlap must be in [0, 1], got {min_overlap!r}")
-    shared = set(a) & set(b)
-    if not shared or len(shared) < min_overlap * len(set(a) | set(b)):
-        return False
-    return all(a[k] == b[k] for k in shared)
+        return render_attributes(attributes)
+    if not isinstance(attributes, str):
+        raise TypeError(
+            f"attributes must be a dict, an attribute string or None, got {type(attributes).__name__}"
+        )
+    parsed = parse_attributes(attributes)
+    return render_attributes(parsed.attributes) if parsed.valid else ""

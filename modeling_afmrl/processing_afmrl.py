@@ -36,7 +36,7 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import cached_file
 
-from .attributes import parse_attributes, render_attributes
+from .attributes import canonical_attribute_text
 
 #: Sub-folders holding whole backbone processors (saved and loaded with the checkpoint).
 NESTED_PROCESSORS = ("encoder_processor", "extractor_processor")
@@ -207,20 +207,6 @@ def as_text_list(texts: Any, name: str = "texts") -> list[str]:
     return out
 
 
-def attribute_text(attributes: Any, name: str = "attributes") -> str:
-    """A dict or an attribute string -> the canonical attribute text ('' when empty)."""
-    if attributes is None:
-        return ""
-    if isinstance(attributes, Mapping):
-        return render_attributes(attributes)
-    if isinstance(attributes, str):
-        parsed = parse_attributes(attributes)
-        return render_attributes(parsed.attributes) if parsed.valid else attributes.strip()
-    raise TypeError(
-        f"{name} must be a dict, an attribute string or None, got {type(attributes).__name__}"
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # The processor
 # --------------------------------------------------------------------------------------------
@@ -283,7 +269,10 @@ class AFMRLProcessor(ProcessorMixin):
     def listing_texts(
         self, text: Any = None, attributes: Any = None, n: int | None = None
     ) -> list[str]:
-        """``title`` + separator + rendered attributes, one string per listing."""
+        """``title`` + separator + attributes, one string per listing.
+
+        Attributes go through :func:`~.attributes.canonical_attribute_text`: canonical form, and a
+        malformed string adds nothing (the listing is its title alone)."""
         titles = as_text_list(text, "text") if text is not None else [""] * (n or 0)
         if attributes is None:
             return titles
@@ -296,7 +285,10 @@ class AFMRLProcessor(ProcessorMixin):
             )
         out = []
         for i, (title, attrs) in enumerate(zip(titles, attributes, strict=True)):
-            rendered = attribute_text(attrs, f"attributes[{i}]")
+            try:
+                rendered = canonical_attribute_text(attrs)
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"attributes[{i}]: {err}") from err
             out.append(f"{title}{self.attribute_separator}{rendered}" if rendered else title)
         return out
 

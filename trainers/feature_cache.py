@@ -1,125 +1,157 @@
-"""Cache the frozen vision tower's image tokens so an extractor SFT epoch on CPU is cheap.
+"""The frozen-feature cache: a frozen module's output is computed once per input and then reused.
 
-The embedded default's extractor (:class:`~modeling_afmrl.modeling_timm_llava.
-AFMRLLlavaForConditionalGeneration`) keeps its EfficientNet-Lite0 frozen during SFT, so the
-flattened stage map it feeds the projector (``[T, C]`` per image, e.g. ``16 x 320`` at 128 px for
-stage ``-1``) is the same every epoch. Computing it once and training the projector + decoder on
-the cached tokens removes the CNN from every step.
+Both training stages keep a pretrained vision tower frozen: AGCL (the encoder's EfficientNet when its
+blocks are not trained) and the extractor SFT (the extractor's EfficientNet). Such a tower gives the
+same output for the same pixels every epoch, so :class:`FrozenFeatureCache` memoises it by the
+content of each input row:
 
-The cache is one safetensors file keyed by a fingerprint of the tower's weights, the stage, the
-image processor and the images' pixels, so a stale cache is never reused silently.
+* :meth:`FrozenFeatureCache.attach` is a context manager that puts the cache in front of the
+  module's ``forward`` (an instance attribute, removed on exit: the module tree, its state dict and
+  DDP's single forward are unchanged) and keeps only what the caller reads of the output
+  (``keep``), rebuilt per batch with ``rebuild``;
+* rows are keyed by a hash of their pixel values and of the call's keyword arguments; only the
+  rows not seen before go through the module, in eval mode and without gradients;
+* with a ``directory`` the features persist in ``<directory>/<fingerprint>.safetensors`` (written
+  atomically when the context closes), where the fingerprint covers the module's weights and the
+  caller's ``tag``, so runs that share a tower (seeds, losses, evaluation) compute each image once
+  and a changed tower never reuses stale features.
+
+Valid only while the module is frozen; the trainers attach it only then.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-CACHE_FILE = "image_tokens.safetensors"
-
-
-def supports_feature_cache(extractor: Any) -> bool:
-    """True for the LLaVA-timm extractor (a frozen CNN whose stage map is the image tokens)."""
-    model = getattr(extractor, "model", None)
-    vision = getattr(getattr(extractor, "config", None), "vision_config", None)
-    return (
-        model is not None
-        and hasattr(model, "get_image_features")
-        and hasattr(model, "multi_modal_projector")
-        and getattr(vision, "model_type", None) == "timm_wrapper"
-    )
+from afmrl.io import atomic_path, fingerprint, state_dict_fingerprint
 
 
-@torch.no_grad()
-def image_tokens(extractor: Any, pixel_values: torch.Tensor) -> torch.Tensor:
-    """The flattened stage map the projector reads: ``[B, 3, H, W]`` -> ``[B, T, C]`` (float32)."""
-    out = extractor.model.get_image_features(pixel_values=pixel_values, return_dict=True)
-    return out.last_hidden_state.float()
-
-
-def tower_fingerprint(extractor: Any) -> str:
-    """sha256 over the vision tower's weights and the config fields that shape its tokens."""
-    h = hashlib.sha256()
-    cfg = extractor.config
-    h.update(
-        json.dumps(
-            {
-                "layer": cfg.vision_feature_layer,
-                "strategy": cfg.vision_feature_select_strategy,
-                "arch": getattr(cfg.vision_config, "architecture", None),
-            },
-            sort_keys=True,
-        ).encode()
-    )
-    for name, tensor in extractor.model.vision_tower.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def cache_image_tokens(
-    extractor: Any,
-    image_processor: Any,
-    images: Sequence[Any],
-    cache_dir: str | Path | None = None,
-    batch_size: int = 64,
-    key: str = "",
-    progress: Callable[[str], None] | None = None,
-) -> torch.Tensor:
-    """Image tokens ``[N, T, C]`` for ``images`` (PIL images), from ``cache_dir`` when it matches.
+class FrozenFeatureCache:
+    """Memoise a frozen ``module``'s per-row output (see the module docstring).
 
     Args:
-        extractor: a model for which :func:`supports_feature_cache` is true.
-        image_processor: the extractor processor's image processor (resizing + normalisation).
-        images: the images, in row order.
-        cache_dir: folder for :data:`CACHE_FILE` (``None``: compute and do not store).
-        batch_size: images per tower forward.
-        key: a caller's identity of the image list (e.g. the dataset fingerprint and columns);
-            it is part of the cache fingerprint together with the tower's weights.
+        module: the frozen module; its ``forward`` takes a batch tensor as first argument (or as
+            ``pixel_values=``) and options as keywords.
+        keep: output -> ``[B, ...]`` tensor to store per row (e.g. the pooled features).
+        rebuild: ``[B, ...]`` stored tensor -> the output object the caller reads.
+        directory: keep the features on disk here (``None``: memory only).
+        tag: what else distinguishes these features (e.g. the stage read), part of the file name.
     """
-    from safetensors.torch import load_file, save_file
 
-    if not supports_feature_cache(extractor):
-        raise ValueError(
-            f"{type(extractor).__name__} has no cacheable frozen CNN tower: feature caching needs "
-            "the LLaVA-timm extractor (train Hub VLMs without --cache-features)"
-        )
-    digest = hashlib.sha256(
-        f"{tower_fingerprint(extractor)}|{key}|{len(images)}|{image_processor.to_json_string()}".encode()
-    )
-    for image in images:  # the pixels themselves: a rebuilt catalogue never reuses stale tokens
-        digest.update(f"{image.mode}{image.size}".encode())
-        digest.update(image.tobytes())
-    fingerprint = digest.hexdigest()
-    path = Path(cache_dir) / CACHE_FILE if cache_dir is not None else None
-    if path is not None and path.is_file():
-        from safetensors import safe_open
+    def __init__(
+        self,
+        module: nn.Module,
+        keep: Callable[[Any], torch.Tensor],
+        rebuild: Callable[[torch.Tensor], Any],
+        directory: str | os.PathLike | None = None,
+        tag: str = "",
+    ):
+        self.module = module
+        self.keep = keep
+        self.rebuild = rebuild
+        self.store: dict[bytes, torch.Tensor] = {}
+        self.hits = self.misses = 0
+        self.path: Path | None = None
+        self._saved = 0
+        if directory is not None:
+            name = fingerprint(state_dict_fingerprint(module.state_dict()), tag)[:32]
+            self.path = Path(directory) / f"{name}.safetensors"
+            if self.path.is_file():
+                from safetensors.torch import load_file
 
-        with safe_open(str(path), "pt") as f:
-            stored = (f.metadata() or {}).get("fingerprint")
-        if stored == fingerprint:
-            return load_file(str(path))["tokens"]
-    was_training = extractor.training
-    extractor.eval()
-    chunks = []
-    try:
-        for start in range(0, len(images), batch_size):
-            batch = [im.convert("RGB") for im in images[start : start + batch_size]]
-            pixels = image_processor(images=batch, return_tensors="pt")["pixel_values"]
-            chunks.append(image_tokens(extractor, pixels.to(extractor.dtype)))
-            if progress is not None:
-                progress(f"[cache] {min(start + batch_size, len(images))}/{len(images)} images")
-    finally:
-        extractor.train(was_training)
-    tokens = torch.cat(chunks).contiguous()
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({"tokens": tokens}, str(tmp), metadata={"fingerprint": fingerprint})
-        tmp.replace(path)
-    return tokens
+                self.store = {bytes.fromhex(k): v for k, v in load_file(self.path).items()}
+                self._saved = len(self.store)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if len(args) > 1 or (args and "pixel_values" in kwargs):
+            raise TypeError("FrozenFeatureCache: pass the module's options as keyword arguments")
+        inputs = args[0] if args else kwargs.pop("pixel_values")
+        rows = inputs.detach().to("cpu", torch.float32).contiguous()
+        salt = repr(sorted(kwargs.items())).encode()
+        keys = [hashlib.blake2b(r.numpy().tobytes() + salt, digest_size=16).digest() for r in rows]
+        missing = list(dict.fromkeys(k for k in keys if k not in self.store))
+        self.misses += len(missing)
+        self.hits += len(keys) - len(missing)
+        if missing:
+            first = {k: keys.index(k) for k in missing}
+            index = torch.tensor([first[k] for k in missing], device=inputs.device)
+            was_training = self.module.training
+            self.module.eval()
+            try:
+                with torch.no_grad():
+                    out = type(self.module).forward(
+                        self.module, inputs.index_select(0, index), **kwargs
+                    )
+            finally:
+                self.module.train(was_training)
+            for k, value in zip(missing, self.keep(out).detach().to("cpu"), strict=True):
+                self.store[k] = value.clone()
+        stacked = torch.stack([self.store[k] for k in keys]).to(inputs.device)
+        return self.rebuild(stacked)
+
+    @contextlib.contextmanager
+    def attach(self) -> Iterator[FrozenFeatureCache]:
+        """Serve the module's ``forward`` from the cache inside the block; save on exit."""
+        self.module.forward = self
+        try:
+            yield self
+        finally:
+            if self.module.__dict__.get("forward") is self:
+                del self.module.forward
+            self.save()
+
+    def save(self) -> None:
+        """Write the features to ``directory`` (no-op without one, or when nothing is new)."""
+        if self.path is None or len(self.store) == self._saved:
+            return
+        from safetensors.torch import save_file
+
+        with atomic_path(self.path) as tmp:
+            save_file({k.hex(): v.contiguous() for k, v in self.store.items()}, str(tmp))
+        self._saved = len(self.store)
+
+
+def pooled_features(output: Any) -> torch.Tensor:
+    """A vision tower output -> ``[B, C]`` pooled features (its pooler output, else the mean of
+    its last hidden state over positions)."""
+    pooled = getattr(output, "pooler_output", None)
+    if pooled is not None:
+        return pooled
+    hidden = output.last_hidden_state
+    return hidden.flatten(2).mean(-1) if hidden.ndim == 4 else hidden.mean(dim=1)
+
+
+def pooled_output(pooled: torch.Tensor) -> Any:
+    """``[B, C]`` cached pooled features -> the output object the encoder reads."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    return BaseModelOutputWithPooling(last_hidden_state=None, pooler_output=pooled)
+
+
+def last_stage_map(output: Any) -> torch.Tensor:
+    """A timm tower output with ``hidden_states`` -> its last requested stage map ``[B, C, H, W]``."""
+    return output.hidden_states[-1]
+
+
+def stage_map_output(feature_map: torch.Tensor) -> Any:
+    """``[B, C, H, W]`` cached stage maps -> the output object the LLaVA-timm extractor reads."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    return BaseModelOutputWithPooling(last_hidden_state=None, hidden_states=(feature_map,))
+
+
+__all__ = [
+    "FrozenFeatureCache",
+    "last_stage_map",
+    "pooled_features",
+    "pooled_output",
+    "stage_map_output",
+]

@@ -1,0 +1,7 @@
+"""``python -m afmrl.cli`` = ``afmrl``."""
+
+import sys
+
+from afmrl.cli import main
+
+sys.exit(main())

@@ -1,1 +1,0 @@
-"""One module per ``afmrl`` subcommand; standard-library imports only at top level."""
