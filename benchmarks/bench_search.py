@@ -345,7 +345,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=100_000, help="gallery size (default 100000)")
     parser.add_argument(
@@ -377,32 +377,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.n_large < 0 or args.hnsw_sample < 0 or args.clusters < 0:
         parser.error("--n-large, --hnsw-sample and --clusters cannot be negative")
-    if args.threads:
-        import faiss
-        from threadpoolctl import threadpool_limits
+    return args
 
-        faiss.omp_set_num_threads(args.threads)
-        threadpool_limits(args.threads)
-    if args.memory_child:
-        print(json.dumps(memory_child(args)))
-        return 0
 
+def run_sizes(args: argparse.Namespace, queries: np.ndarray) -> tuple[list[dict], list[dict]]:
+    """Exact rows and approximate-index rows for every gallery size."""
     from afmrl.retrieval.index import RetrievalIndex
 
-    results: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()}}
-    print("# Search benchmark\n")
-    results["environment"] = blas_report()
-    print("\n".join(f"- {line}" for line in results["environment"]))
-    structure = (
-        f"{args.clusters} clusters, spread {args.spread}" if args.clusters else "no clusters"
-    )
-    print(
-        f"- data: synthetic unit vectors, D={args.dim}, {structure}; {args.queries} queries "
-        f"drawn from the same mixture; top-{args.k}; best of {args.repeats} runs\n"
-    )
-    queries = synthetic_array(args.queries, QUERY_STREAM, args)
     sizes = [args.n] + ([args.n_large] if args.n_large else [])
-
     exact: list[dict[str, Any]] = []
     approx: list[dict[str, Any]] = []
     for n in sizes:
@@ -435,7 +417,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
             print(f"approximate indexes on {label} done", file=sys.stderr, flush=True)
         del gallery
+    return exact, approx
 
+
+def print_exact(exact: list[dict]) -> None:
     print("## Exact top-k search\n")
     print(
         _table(
@@ -466,76 +451,111 @@ def main(argv: list[str] | None = None) -> int:
         "\n(top-k agreement: share of the RetrievalIndex top-k ids a method also returns; "
         "below 1 only through float rounding of near-equal scores)\n"
     )
+
+
+def print_memory(args: argparse.Namespace) -> list[dict]:
+    """Measure and print the peak memory of indexing the large gallery, with and without reserve."""
+    memory = [run_memory(args, reserve=True), run_memory(args, reserve=False)]
+    print(f"## Memory while indexing {_fmt_n(args.n_large)} x {args.dim} (streamed)\n")
+    print(
+        _table(
+            [
+                "mode",
+                "raw vector bytes",
+                "peak RSS growth",
+                "peak / raw",
+                "RSS growth after",
+                "add s",
+            ],
+            [
+                [
+                    "reserve(N) first" if m["reserve"] else "size unknown (no reserve)",
+                    f"{m['raw_bytes'] / 2**20:,.0f} MiB",
+                    f"{m['peak_growth'] / 2**20:,.0f} MiB",
+                    f"{m['peak_growth'] / m['raw_bytes']:.2f}x",
+                    f"{m['final_growth'] / 2**20:,.0f} MiB",
+                    f"{m['add_seconds']:.2f}",
+                ]
+                for m in memory
+            ],
+        )
+    )
+    print(
+        f"\n(fresh process; batches of {args.batch}; growth = kernel high-water RSS minus the "
+        "RSS just before indexing: stored vectors + batch buffers + id table + faiss' "
+        "transient copies)\n"
+    )
+    return memory
+
+
+def print_approx(approx: list[dict], args: argparse.Namespace) -> None:
+    print(f"## Approximate indexes: recall@{args.k} against exact search\n")
+    print(
+        _table(
+            [
+                "gallery",
+                "index",
+                "params",
+                "build s",
+                "queries/s",
+                "bytes/vector",
+                f"recall@{args.k}",
+            ],
+            [
+                [
+                    r["gallery"],
+                    r["index"],
+                    r["params"],
+                    f"{r['build_s']:.1f}",
+                    f"{r['qps']:,.0f}",
+                    f"{r['bytes_per_vector']:.0f}",
+                    f"{r['recall']:.3f}",
+                ]
+                for r in approx
+            ],
+        )
+    )
+    print(f"\n(bytes/vector: faiss file size / N; float32 flat = {4 * args.dim})\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        import faiss
+        from threadpoolctl import threadpool_limits
+
+        faiss.omp_set_num_threads(args.threads)
+        threadpool_limits(args.threads)
+    if args.memory_child:
+        print(json.dumps(memory_child(args)))
+        return 0
+
+    results: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()}}
+    print("# Search benchmark\n")
+    results["environment"] = blas_report()
+    print("\n".join(f"- {line}" for line in results["environment"]))
+    structure = (
+        f"{args.clusters} clusters, spread {args.spread}" if args.clusters else "no clusters"
+    )
+    print(
+        f"- data: synthetic unit vectors, D={args.dim}, {structure}; {args.queries} queries "
+        f"drawn from the same mixture; top-{args.k}; best of {args.repeats} runs\n"
+    )
+    queries = synthetic_array(args.queries, QUERY_STREAM, args)
+    exact, approx = run_sizes(args, queries)
+    print_exact(exact)
     results["exact"] = exact
-
     if args.n_large and not args.skip_memory:
-        memory = [run_memory(args, reserve=True), run_memory(args, reserve=False)]
-        results["memory"] = memory
-        print(f"## Memory while indexing {_fmt_n(args.n_large)} x {args.dim} (streamed)\n")
-        print(
-            _table(
-                [
-                    "mode",
-                    "raw vector bytes",
-                    "peak RSS growth",
-                    "peak / raw",
-                    "RSS growth after",
-                    "add s",
-                ],
-                [
-                    [
-                        "reserve(N) first" if m["reserve"] else "size unknown (no reserve)",
-                        f"{m['raw_bytes'] / 2**20:,.0f} MiB",
-                        f"{m['peak_growth'] / 2**20:,.0f} MiB",
-                        f"{m['peak_growth'] / m['raw_bytes']:.2f}x",
-                        f"{m['final_growth'] / 2**20:,.0f} MiB",
-                        f"{m['add_seconds']:.2f}",
-                    ]
-                    for m in memory
-                ],
-            )
-        )
-        print(
-            f"\n(fresh process; batches of {args.batch}; growth = kernel high-water RSS minus the "
-            "RSS just before indexing: stored vectors + batch buffers + id table + faiss' "
-            "transient copies)\n"
-        )
-
+        results["memory"] = print_memory(args)
     if approx:
-        print(f"## Approximate indexes: recall@{args.k} against exact search\n")
-        print(
-            _table(
-                [
-                    "gallery",
-                    "index",
-                    "params",
-                    "build s",
-                    "queries/s",
-                    "bytes/vector",
-                    f"recall@{args.k}",
-                ],
-                [
-                    [
-                        r["gallery"],
-                        r["index"],
-                        r["params"],
-                        f"{r['build_s']:.1f}",
-                        f"{r['qps']:,.0f}",
-                        f"{r['bytes_per_vector']:.0f}",
-                        f"{r['recall']:.3f}",
-                    ]
-                    for r in approx
-                ],
-            )
-        )
-        print(f"\n(bytes/vector: faiss file size / N; float32 flat = {4 * args.dim})\n")
+        print_approx(approx, args)
         results["approximate"] = approx
-
     results["load_at_end"] = _load_line("load average at end")
     print(f"- {results['load_at_end']}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+        from afmrl.io import write_json_atomic
+
+        write_json_atomic(args.json, results)
     return 0
 
 

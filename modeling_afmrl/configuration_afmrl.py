@@ -77,6 +77,27 @@ class AFMRLConfig(PreTrainedConfig):
             Version of the attribute text format (`attributes.ATTRIBUTE_FORMAT_VERSION`).
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the projection initialisation.
+
+    Example:
+
+    ```python
+    >>> from transformers import BertConfig, TimmWrapperConfig
+    >>> from modeling_afmrl import AFMRLConfig, AFMRLModel
+
+    >>> # A dual encoder: timm EfficientNet-Lite0 + a small BERT, 128-d listing embeddings
+    >>> config = AFMRLConfig(
+    ...     vision_config=TimmWrapperConfig(architecture="efficientnet_lite0"),
+    ...     text_config=BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+    ...                            intermediate_size=128),
+    ...     embed_dim=128,
+    ... )
+    >>> config.matryoshka_dims  # prefixes trained to work on their own
+    [128, 64, 32]
+    >>> model = AFMRLModel(config)  # random weights; see AFMRLModel for a pretrained one
+    >>> model.vision_projection.out_features, config.text_pooling
+    (128, 'mean')
+
+    ```
     """
 
     model_type = "afmrl"

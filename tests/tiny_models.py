@@ -175,19 +175,27 @@ def tiny_bert_config(vocab_size: int = 30522):
     )
 
 
-def tiny_dual_model(fusion: str = "mean", extractor: bool = False, seed: int = 0, **config_kwargs):
-    """Dual encoder: timm efficientnet_lite0 (64 px) + tiny BERT with the MiniLM tokenizer."""
+def tiny_dual_model(
+    fusion: str = "mean", extractor: bool | tuple = False, seed: int = 0, **config_kwargs
+):
+    """Dual encoder: timm efficientnet_lite0 (64 px) + tiny BERT with the MiniLM tokenizer.
+
+    ``extractor``: ``True`` for a tiny Qwen2-VL, or an ``(extractor, processor)`` pair.
+    """
     from transformers import AutoTokenizer, TimmWrapperConfig
 
     from modeling_afmrl import AFMRLConfig, AFMRLModel, AFMRLProcessor
 
+    if isinstance(extractor, tuple):
+        extractor_model, extractor_processor = extractor
+    else:
+        extractor_model, extractor_processor = tiny_extractor(seed) if extractor else (None, None)
     torch.manual_seed(seed)
-    extractor_model, extractor_processor = tiny_extractor(seed) if extractor else (None, None)
     config = AFMRLConfig(
         encoder_type="dual",
         vision_config=TimmWrapperConfig(architecture="efficientnet_lite0"),
         text_config=tiny_bert_config(),
-        extractor_config=extractor_model.config if extractor else None,
+        extractor_config=extractor_model.config if extractor_model is not None else None,
         embed_dim=config_kwargs.pop("embed_dim", 64),
         fusion=fusion,
         **config_kwargs,
@@ -215,7 +223,7 @@ def tiny_vlm_model(extractor: bool = False, seed: int = 0, **config_kwargs):
     config = AFMRLConfig(
         encoder_type="vlm",
         vlm_config=vlm.config,
-        extractor_config=extractor_model.config if extractor else None,
+        extractor_config=extractor_model.config if extractor_model is not None else None,
         **config_kwargs,
     )
     model = AFMRLModel(config, vlm_model=vlm, extractor=extractor_model).eval()
@@ -276,10 +284,7 @@ def tiny_catalog() -> str:
 
 def tiny_llava_model(seed: int = 0):
     """A tiny AFMRL dual model whose extractor is the LLaVA-timm architecture (random decoder)."""
-    from transformers import AutoTokenizer, TimmWrapperConfig
-
     import afmrl.defaults.embedded as dm
-    from modeling_afmrl import AFMRLConfig, AFMRLModel, AFMRLProcessor
 
     tokenizer = tiny_extractor_tokenizer()
     extractor, extractor_processor = dm.build_extractor(
@@ -293,22 +298,7 @@ def tiny_llava_model(seed: int = 0):
         intermediate_size=128,
         seed=seed,
     )
-    torch.manual_seed(seed)
-    config = AFMRLConfig(
-        encoder_type="dual",
-        vision_config=TimmWrapperConfig(architecture="efficientnet_lite0"),
-        text_config=tiny_bert_config(),
-        extractor_config=extractor.config,
-        embed_dim=32,
-    )
-    model = AFMRLModel(config, extractor=extractor).eval()
-    model.processor = AFMRLProcessor(
-        tiny_timm_image_processor(),
-        AutoTokenizer.from_pretrained(minilm_path()),
-        encoder_type="dual",
-        extractor_processor=extractor_processor,
-    )
-    return model
+    return tiny_dual_model(extractor=(extractor, extractor_processor), seed=seed, embed_dim=32)
 
 
 @functools.lru_cache(maxsize=1)

@@ -159,7 +159,47 @@ def check_out(
     return out
 
 
+def training_output(
+    args: argparse.Namespace, checkpoint_dir: str | None = None
+) -> tuple[Path, Path]:
+    """``(out, checkpoints)`` of a training command: ``--out`` checked (a checkpoint may be
+    replaced with ``--overwrite``), Trainer checkpoints in ``checkpoint_dir`` (default
+    ``OUT.checkpoints``), which ``--resume`` requires."""
+    from afmrl.models import is_checkpoint_folder
+
+    out = check_out(
+        args.out,
+        inputs=[args.model, args.data],
+        ours=is_checkpoint_folder,
+        overwrite=args.overwrite,
+    )
+    checkpoints = Path(checkpoint_dir or f"{out}.checkpoints")
+    if args.resume and not any(checkpoints.glob("checkpoint-*")):
+        raise UserError(f"--resume: no checkpoint-* folder in {checkpoints}")
+    return out, checkpoints
+
+
+def add_batch_arguments(
+    parser: argparse.ArgumentParser, batch_size: int, what: str, generation: bool = True
+) -> None:
+    """``--batch-size`` (``what`` it counts) and, with ``generation``, ``--max-new-tokens``."""
+    from afmrl.retrieval.attributes import DEFAULT_MAX_NEW_TOKENS
+
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=batch_size, help=f"{what} (default: %(default)s)"
+    )
+    if generation:
+        parser.add_argument(
+            "--max-new-tokens",
+            type=positive_int,
+            default=DEFAULT_MAX_NEW_TOKENS,
+            help="generation budget per listing when attributes are generated "
+            "(default: %(default)s)",
+        )
+
+
 __all__ = [
+    "add_batch_arguments",
     "add_column_mapping",
     "add_fields",
     "add_no_progress",
@@ -171,4 +211,5 @@ __all__ = [
     "positive_int",
     "settings_from_args",
     "tail_count",
+    "training_output",
 ]

@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import argparse
 
-from afmrl.cli.arguments import add_column_mapping, add_no_progress, positive_int
+from afmrl.cli.arguments import (
+    add_batch_arguments,
+    add_column_mapping,
+    add_no_progress,
+    positive_int,
+)
 from afmrl.evaluation.settings import DEFAULT_DEPTH, SPLIT_PAIRS, TASKS
-from afmrl.retrieval.attributes import ATTRIBUTE_SOURCES, DEFAULT_MAX_NEW_TOKENS
+from afmrl.retrieval.attributes import ATTRIBUTE_SOURCES
 from afmrl.retrieval.encoding import DEFAULT_ENCODE_BATCH_SIZE
 
 
@@ -64,20 +69,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="an untrained embedded default (afmrl init) for --baselines (default: build one in a "
         "temporary folder, about 10 s)",
     )
-    parser.add_argument(
-        "--batch-size", type=positive_int, default=DEFAULT_ENCODE_BATCH_SIZE,
-        help="listings per forward pass (default: %(default)s)",
-    )  # fmt: skip
+    add_batch_arguments(parser, DEFAULT_ENCODE_BATCH_SIZE, "listings per forward pass")
     parser.add_argument(
         "--depth", type=positive_int, default=DEFAULT_DEPTH,
         help="ranked list length per query; MRR counts a first positive below it as 0 "
         "(default: %(default)s)",
     )  # fmt: skip
     add_column_mapping(parser)
-    parser.add_argument(
-        "--max-new-tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS,
-        help="generation budget per listing for --attributes generated (default: %(default)s)",
-    )  # fmt: skip
     parser.add_argument("--no-plot", action="store_true", help="skip recall_at_k.png")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     add_no_progress(parser)
@@ -102,12 +100,9 @@ def _retrieval_task(args: argparse.Namespace, out) -> int:
     import gc
     import os
     import sys
-    import tempfile
     import time
-    from pathlib import Path
 
     from afmrl.data import parse_column_mapping
-    from afmrl.evaluation.baselines import build_baseline_model, run_baselines
     from afmrl.evaluation.report import markdown_table, write_report
     from afmrl.evaluation.runner import (
         SPLIT_PAIRS,
@@ -157,16 +152,7 @@ def _retrieval_task(args: argparse.Namespace, out) -> int:
         del model
         gc.collect()
     if args.baselines:
-        with tempfile.TemporaryDirectory(prefix="afmrl-baseline-") as tmp:
-            baseline_path = args.baseline_model
-            if baseline_path is None:
-                print("[evaluate] building the untrained embedded default for the baselines")
-                baseline_path = build_baseline_model(Path(tmp) / "default", progress=lambda _: None)
-            model = load_model(baseline_path, what="--baseline-model")
-            for run in run_baselines(model, query_ds, gallery_ds, **common):
-                runs.append(run)
-                print(f"[evaluate] {run.name}: {_summary(run.metrics)}", flush=True)
-            del model
+        runs += _baseline_runs(args.baseline_model, query_ds, gallery_ds, common)
     chance = chance_levels(runs[0])
     config = {
         "data": os.fspath(args.data),
@@ -187,6 +173,26 @@ def _retrieval_task(args: argparse.Namespace, out) -> int:
     written = ", ".join(str(p) for p in paths.values())
     print(f"[evaluate] wrote {written} ({time.perf_counter() - start:.0f} s)")
     return 0
+
+
+def _baseline_runs(baseline_model, query_ds, gallery_ds, common: dict) -> list:
+    """The peers, computed with an untrained embedded default (built here unless given)."""
+    import tempfile
+    from pathlib import Path
+
+    from afmrl.evaluation.baselines import build_baseline_model, run_baselines
+    from afmrl.models import load_model
+
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="afmrl-baseline-") as tmp:
+        if baseline_model is None:
+            print("[evaluate] building the untrained embedded default for the baselines")
+            baseline_model = build_baseline_model(Path(tmp) / "default", progress=lambda _: None)
+        model = load_model(baseline_model, what="--baseline-model")
+        for run in run_baselines(model, query_ds, gallery_ds, **common):
+            runs.append(run)
+            print(f"[evaluate] {run.name}: {_summary(run.metrics)}", flush=True)
+    return runs
 
 
 def _attribute_task(args: argparse.Namespace, out) -> int:

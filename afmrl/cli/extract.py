@@ -13,8 +13,14 @@ from __future__ import annotations
 
 import argparse
 
-from afmrl.cli.arguments import add_column_mapping, add_no_progress, check_out, positive_int
-from afmrl.retrieval.attributes import DEFAULT_GENERATION_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
+from afmrl.cli.arguments import (
+    add_batch_arguments,
+    add_column_mapping,
+    add_no_progress,
+    check_out,
+    positive_int,
+)
+from afmrl.retrieval.attributes import DEFAULT_GENERATION_BATCH_SIZE
 
 REPORT_FILE = "extraction.json"
 
@@ -32,14 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--splits", nargs="+", default=None, help="only these splits get the column (default: all)"
     )
-    parser.add_argument(
-        "--batch-size", type=positive_int, default=DEFAULT_GENERATION_BATCH_SIZE,
-        help="listings per generate call (default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--max-new-tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS,
-        help="generation budget per listing (default: %(default)s)",
-    )  # fmt: skip
+    add_batch_arguments(parser, DEFAULT_GENERATION_BATCH_SIZE, "listings per generate call")
     parser.add_argument(
         "--work-dir", default=None, help="finished shards, for resuming (default: OUT.partial)"
     )

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import argparse
 
-from afmrl.cli.arguments import add_column_mapping, add_no_progress, positive_int
-from afmrl.retrieval.attributes import ATTRIBUTE_SOURCES, DEFAULT_MAX_NEW_TOKENS
+from afmrl.cli.arguments import (
+    add_batch_arguments,
+    add_column_mapping,
+    add_no_progress,
+    positive_int,
+)
+from afmrl.retrieval.attributes import ATTRIBUTE_SOURCES
 from afmrl.retrieval.encoding import DEFAULT_ENCODE_BATCH_SIZE, MODALITIES
 from afmrl.retrieval.index import INDEX_KINDS
 
@@ -41,14 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="append attributes to each listing's text: none, teacher (teacher_attributes column) "
         "or generated (the model's extractor) (default: %(default)s)",
     )
-    parser.add_argument(
-        "--batch-size", type=positive_int, default=DEFAULT_ENCODE_BATCH_SIZE,
-        help="listings per batch (and per checkpoint shard) (default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--max-new-tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS,
-        help="generation budget per listing for --attributes generated (default: %(default)s)",
-    )  # fmt: skip
+    add_batch_arguments(
+        parser, DEFAULT_ENCODE_BATCH_SIZE, "listings per batch (and per checkpoint shard)"
+    )
     parser.add_argument(
         "--nlist", type=positive_int, default=None, help="IVF cells (default: about sqrt(N))"
     )

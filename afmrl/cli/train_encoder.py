@@ -16,10 +16,10 @@ from afmrl.cli.arguments import (
     add_column_mapping,
     add_fields,
     add_no_progress,
-    check_out,
     positive_int,
+    training_output,
 )
-from afmrl.models import is_checkpoint_folder
+from afmrl.errors import UserError
 from trainers.agcl.arguments import AGCLArguments
 
 ATTRIBUTE_ALIASES = {"teacher": "teacher_attributes", "none": None}
@@ -108,19 +108,8 @@ def _has_accelerator(torch) -> bool:
 def run(args: argparse.Namespace) -> int:
     import shutil
     import time
-    from pathlib import Path
 
-    from afmrl.errors import UserError
-
-    out = check_out(
-        args.out,
-        inputs=[args.model, args.data],
-        ours=is_checkpoint_folder,
-        overwrite=args.overwrite,
-    )
-    checkpoints = Path(f"{out}.checkpoints")
-    if args.resume and not any(checkpoints.glob("checkpoint-*")):
-        raise UserError(f"--resume: no checkpoint-* folder in {checkpoints}")
+    out, checkpoints = training_output(args)
 
     from afmrl.cli.arguments import settings_from_args
     from afmrl.data import load_catalog, parse_column_mapping

@@ -17,13 +17,12 @@ from afmrl.cli.arguments import (
     add_column_mapping,
     add_fields,
     add_no_progress,
-    check_out,
     non_negative_int,
     positive_int,
     settings_from_args,
+    training_output,
 )
 from afmrl.errors import UserError
-from afmrl.models import is_checkpoint_folder
 from trainers.extractor_sft.arguments import ExtractorSFTArguments
 
 
@@ -76,17 +75,8 @@ def run(args: argparse.Namespace) -> int:
     import json
     import shutil
     import time
-    from pathlib import Path
 
-    out = check_out(
-        args.out,
-        inputs=[args.model, args.data],
-        ours=is_checkpoint_folder,
-        overwrite=args.overwrite,
-    )
-    checkpoints = Path(args.checkpoint_dir or f"{out}.checkpoints")
-    if args.resume and not any(checkpoints.glob("checkpoint-*")):
-        raise UserError(f"--resume: no checkpoint-* folder in {checkpoints}")
+    out, checkpoints = training_output(args, args.checkpoint_dir)
 
     from afmrl.data import load_catalog, parse_column_mapping
     from afmrl.io import building, write_json_atomic
@@ -124,18 +114,7 @@ def run(args: argparse.Namespace) -> int:
             config,
             resume_from_checkpoint=True if args.resume else None,
         )
-        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-        summary = {
-            "examples": result.num_examples,
-            "steps": result.global_step,
-            "first_loss": result.losses[0][1] if result.losses else None,
-            "last_loss": result.losses[-1][1] if result.losses else None,
-            "feature_cache_hits": result.cache_hits,
-            "train_seconds": round(result.train_seconds, 1),
-            "wall_seconds": round(wall, 1),
-            "cpu_seconds": round(cpu, 1),
-            "threads": torch.get_num_threads(),
-        }
+        summary = _summary(result, time.perf_counter() - t0, time.process_time() - cpu0)
         metrics = None
         if args.eval:
             from afmrl.evaluation.attributes import evaluate_attributes, format_attribute_table
@@ -153,3 +132,20 @@ def run(args: argparse.Namespace) -> int:
     if metrics is not None:
         print(format_attribute_table({"sft": metrics}))
     return 0
+
+
+def _summary(result, wall: float, cpu: float) -> dict:
+    """What ``extractor_sft.json`` records about a run."""
+    import torch
+
+    return {
+        "examples": result.num_examples,
+        "steps": result.global_step,
+        "first_loss": result.losses[0][1] if result.losses else None,
+        "last_loss": result.losses[-1][1] if result.losses else None,
+        "feature_cache_hits": result.cache_hits,
+        "train_seconds": round(result.train_seconds, 1),
+        "wall_seconds": round(wall, 1),
+        "cpu_seconds": round(cpu, 1),
+        "threads": torch.get_num_threads(),
+    }

@@ -390,33 +390,18 @@ def evaluate_model(
             raise UserError(
                 f"split {what!r} lacks column(s) {missing}; found {split_ds.column_names}"
             )
-    sides = []
-    for split_ds, mod, given, split_name in (
-        (query_ds, q_mod, query_attributes, split_names[0]),
-        (gallery_ds, g_mod, gallery_attributes, split_names[1]),
-    ):
-        attrs = given
-        if attrs is None and mod != "image":
-            attrs = attribute_values(
-                split_ds,
-                attributes,
-                split_name,
-                model,
-                batch_size=batch_size,
-                work_dir=Path(cache_dir) / split_name if cache_dir is not None else None,
-                show_progress=show_progress,
-                max_new_tokens=max_new_tokens,
-            )
-        emb = encode_split(
-            model,
-            split_ds,
-            mod,
-            attrs,
-            batch_size=batch_size,
-            desc=f"{name}: {split_name} ({mod})",
-            show_progress=show_progress,
-        )
-        sides.append(emb)
+    options = {
+        "attributes": attributes,
+        "name": name,
+        "batch_size": batch_size,
+        "cache_dir": cache_dir,
+        "show_progress": show_progress,
+        "max_new_tokens": max_new_tokens,
+    }
+    sides = [
+        _side_embeddings(model, query_ds, q_mod, query_attributes, split_names[0], **options),
+        _side_embeddings(model, gallery_ds, g_mod, gallery_attributes, split_names[1], **options),
+    ]
     families = "family_id" in query_ds.column_names and "family_id" in gallery_ds.column_names
     q_ids, g_ids = list(query_ds["listing_id"]), list(gallery_ds["listing_id"])
     run = evaluate_embeddings(
@@ -441,6 +426,44 @@ def evaluate_model(
         depth=depth,
     )
     return run
+
+
+def _side_embeddings(
+    model,
+    split_ds: Dataset,
+    modality: str,
+    given: Sequence[str] | None,
+    split_name: str,
+    *,
+    attributes: str,
+    name: str,
+    batch_size: int,
+    cache_dir: str | os.PathLike | None,
+    show_progress: bool,
+    max_new_tokens: int,
+) -> np.ndarray:
+    """One side of a run: its attribute texts (given, read or generated), then ``[N, D]``."""
+    attrs = given
+    if attrs is None and modality != "image":
+        attrs = attribute_values(
+            split_ds,
+            attributes,
+            split_name,
+            model,
+            batch_size=batch_size,
+            work_dir=Path(cache_dir) / split_name if cache_dir is not None else None,
+            show_progress=show_progress,
+            max_new_tokens=max_new_tokens,
+        )
+    return encode_split(
+        model,
+        split_ds,
+        modality,
+        attrs,
+        batch_size=batch_size,
+        desc=f"{name}: {split_name} ({modality})",
+        show_progress=show_progress,
+    )
 
 
 def model_display_name(path: str | os.PathLike, taken: Sequence[str] = ()) -> str:

@@ -74,6 +74,20 @@ def attribute_texts(
     return [canonical_attribute_text(r) for r in raw], raw
 
 
+def _manifest(model: Any, split: Dataset, settings: dict[str, Any]) -> dict[str, Any]:
+    """What must match for a work folder's shards to be reused: weights, rows, settings."""
+    from afmrl.models import model_fingerprint
+
+    ids = split["listing_id"] if "listing_id" in split.column_names else None
+    return {
+        "model": model_fingerprint(model),
+        "rows": ids_fingerprint(ids) if ids is not None else split._fingerprint,
+        "num_rows": len(split),
+        "attribute_format": ATTRIBUTE_FORMAT_VERSION,
+        **settings,
+    }
+
+
 def generate_attributes(
     model: Any,
     split: Dataset,
@@ -101,8 +115,6 @@ def generate_attributes(
     Returns:
         :class:`GeneratedAttributes`, one text per row in row order.
     """
-    from afmrl.models import model_fingerprint
-
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -116,18 +128,13 @@ def generate_attributes(
     shards = None
     done = 0
     if work_dir is not None:
-        ids = split["listing_id"] if "listing_id" in split.column_names else None
-        manifest = {
-            "model": model_fingerprint(model),
-            "rows": ids_fingerprint(ids) if ids is not None else split._fingerprint,
-            "num_rows": total,
+        settings = {
             "columns": [image_column, title_column],
             "batch_size": batch_size,
             "shard_size": shard_size,
             "max_new_tokens": max_new_tokens,
-            "attribute_format": ATTRIBUTE_FORMAT_VERSION,
         }
-        shards = ShardFolder(work_dir, manifest)
+        shards = ShardFolder(work_dir, _manifest(model, split, settings))
         done = shards.open(num_shards)
     texts: list[str] = []
     raw: list[str] = []

@@ -144,19 +144,16 @@ def build_index(
             f"columns found: {split.column_names}"
         )
     ids = [_plain(v) for v in split["listing_id"]]
-    work = ShardFolder(
-        out / PARTIAL_DIR,
-        {
-            "model_fingerprint": model_fingerprint(model),
-            "ids_sha256": ids_fingerprint(ids),
-            "num_rows": n,
-            "batch_size": batch_size,
-            "modality": modality,
-            "attributes": attributes,
-            "max_new_tokens": max_new_tokens if attributes == "generated" else None,
-        },
-        restart_hint="use --overwrite to start over",
-    )
+    manifest = {
+        "model_fingerprint": model_fingerprint(model),
+        "ids_sha256": ids_fingerprint(ids),
+        "num_rows": n,
+        "batch_size": batch_size,
+        "modality": modality,
+        "attributes": attributes,
+        "max_new_tokens": max_new_tokens if attributes == "generated" else None,
+    }
+    work = ShardFolder(out / PARTIAL_DIR, manifest, restart_hint="use --overwrite to start over")
     if overwrite:
         work.remove()
     total = math.ceil(n / batch_size)
@@ -170,35 +167,45 @@ def build_index(
     ) as bar:
         for batch in range(done, total):
             lo, hi = batch * batch_size, min(n, (batch + 1) * batch_size)
-            rows = view[lo:hi]
-            attrs = texts[lo:hi] if texts is not None else None
-            emb = encode_batch(model, rows, modality, attrs, batch_size)
-            columns = {"ids": ids[lo:hi], "titles": list(rows["title"])}
-            if attrs is not None:
-                columns["attributes"] = attrs
-            work.write(batch, columns, {"embeddings": emb})
+            _encode_shard(model, work, batch, view[lo:hi], ids[lo:hi],
+                          texts[lo:hi] if texts is not None else None, modality, batch_size)  # fmt: skip
             bar.update(1)
             if on_batch is not None:
                 on_batch(batch + 1)
     log(f"[index] batches: {total} total, {done} reused from an interrupted run, "
         f"{total - done} encoded now")  # fmt: skip
     with building(out) as stage:
-        index = _fill_index(work, total, dim, kind, options)
-        index.save(stage)
-        _write_listings(stage / LISTINGS_FILE, work, total)
-        meta = json.loads((stage / META_FILE).read_text(encoding="utf-8"))
-        info = {
-            "format": INFO_FORMAT,
-            **dict(describe or {}),
-            **work.manifest,
-            "kind": kind,
-            "count": index.count,
-            "dim": index.dim,
-            "index_sha256": meta["sha256"],
-            "listings_file": LISTINGS_FILE,
-        }
-        write_json_atomic(stage / INFO_FILE, info, indent=1)
+        index = _write_index_folder(stage, work, total, dim, kind, options, describe)
     return IndexSummary(index.count, index.dim, kind, total, done, time.perf_counter() - start)
+
+
+def _encode_shard(model, work, batch, rows, ids, attrs, modality, batch_size) -> None:
+    """Encode one batch of rows and checkpoint it as shard ``batch``."""
+    emb = encode_batch(model, rows, modality, attrs, batch_size)
+    columns = {"ids": ids, "titles": list(rows["title"])}
+    if attrs is not None:
+        columns["attributes"] = attrs
+    work.write(batch, columns, {"embeddings": emb})
+
+
+def _write_index_folder(stage, work, total, dim, kind, options, describe) -> RetrievalIndex:
+    """The index, ``listings.jsonl`` and ``afmrl_index.json`` from the finished shards."""
+    index = _fill_index(work, total, dim, kind, options)
+    index.save(stage)
+    _write_listings(stage / LISTINGS_FILE, work, total)
+    meta = json.loads((stage / META_FILE).read_text(encoding="utf-8"))
+    info = {
+        "format": INFO_FORMAT,
+        **dict(describe or {}),
+        **work.manifest,
+        "kind": kind,
+        "count": index.count,
+        "dim": index.dim,
+        "index_sha256": meta["sha256"],
+        "listings_file": LISTINGS_FILE,
+    }
+    write_json_atomic(stage / INFO_FILE, info, indent=1)
+    return index
 
 
 def _attribute_texts(model, split, modality, attributes, batch_size, max_new_tokens, work):

@@ -10,8 +10,7 @@ Names are imported on first access (numpy and PIL are not needed to read the con
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from afmrl.lazy import lazy_exports
 
 _LAZY = {
     "CatalogConfig": "config",
@@ -28,10 +27,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
