@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 from afmrl import __version__
@@ -61,10 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit status (2 for a user error, 130 when interrupted)."""
+    from afmrl.runtime import quiet_libraries
+
     argv = sys.argv[1:] if argv is None else list(argv)
-    # Commands show their own progress (afmrl.progress); the libraries' bars would only add noise.
-    for variable in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
-        os.environ.setdefault(variable, "1")
     command = next((a for a in argv if not a.startswith("-")), None)
     prefix = f"afmrl {command}" if command in COMMANDS else "afmrl"
     try:
@@ -73,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 0
-        return int(args._run(args) or 0)
+        with quiet_libraries():
+            return int(args._run(args) or 0)
     except UserError as err:
         print(f"{prefix}: error: {one_line(err, limit=1000)}", file=sys.stderr)
         return 2

@@ -1,59 +1,98 @@
 """``afmrl pipeline``: the main job, end to end on the embedded default.
 
-Stages so far: (1) build the synthetic catalogue with a preview sheet, (2) build the embedded
-default checkpoint (its extractor tokenizer trained on the catalogue's train split), (3) evaluate it
-on the test split beside the zero-shot baselines (metrics.json, report.md, recall_at_k.png).
-Extractor SFT, extraction, AGCL and RAR are inserted before the evaluation as they land. A stage
-whose output already exists is skipped, so a rerun continues where a stopped one ended.
+Stages so far: (1) the synthetic catalogue with a preview sheet, (2) the embedded default checkpoint
+(its extractor tokenizer trained on the catalogue's train split), (3) its evaluation on the test
+split beside the peers (metrics.json, report.md, recall_at_k.png). Each stage is an ``afmrl``
+command. A stage is recognised as finished by its *fingerprint* -- its command line and the
+fingerprints of the stages it reads -- recorded in ``OUT/pipeline.json`` when it succeeds: a rerun
+with the same settings skips it, a rerun with other settings (or after an upstream stage changed)
+runs it again and everything after it.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from afmrl.cli.arguments import positive_int
+from afmrl.data.synthetic.config import CatalogConfig
+
+STATE_FILE = "pipeline.json"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="outputs/quickstart", help="output folder")
     parser.add_argument(
-        "--products", type=int, default=None, help="catalogue size (default: synth's)"
+        "--products",
+        type=positive_int,
+        default=CatalogConfig.products,
+        help="catalogue size (default: %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+
+
+def stages(args: argparse.Namespace) -> list[tuple[str, list[str], list[str], str]]:
+    """``(name, afmrl argv, names of the stages it reads, output path)`` in order."""
+    from pathlib import Path
+
+    out = Path(args.out)
+    catalog, model = str(out / "catalog"), str(out / "base_model")
+    evaluation = str(out / "evaluation")
+    return [
+        (
+            "catalogue",
+            ["synth", "--out", catalog, "--seed", str(args.seed), "--products",
+             str(args.products), "--preview", str(out / "catalog_preview.png")],
+            [],
+            catalog,
+        ),
+        (
+            "embedded default",
+            ["init", "--out", model, "--data", catalog, "--seed", str(args.seed), "--overwrite"],
+            ["catalogue"],
+            model,
+        ),
+        (
+            "evaluation",
+            ["evaluate", "--model", model, "--data", catalog, "--out", evaluation, "--baselines",
+             "--baseline-model", model],
+            ["catalogue", "embedded default"],
+            evaluation,
+        ),
+    ]  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+    import time
     from pathlib import Path
 
     from afmrl.cli import main
+    from afmrl.io import fingerprint, write_json_atomic
 
     out = Path(args.out)
-    catalog, model_dir = out / "catalog", out / "base_model"
-    stages: list[tuple[str, Path, list[str]]] = []
-    synth = ["synth", "--out", str(catalog), "--seed", str(args.seed)]
-    synth += ["--preview", str(out / "catalog_preview.png")]
-    if args.products is not None:
-        synth += ["--products", str(args.products)]
-    stages.append(("catalogue", catalog / "dataset_dict.json", synth))
-    init = ["init", "--out", str(model_dir), "--data", str(catalog), "--seed", str(args.seed)]
-    stages.append(("embedded default", model_dir / "model.safetensors", [*init, "--overwrite"]))
-
-    evaluate = ["evaluate", "--model", str(model_dir), "--data", str(catalog)]
-    evaluate += [
-        "--out",
-        str(out / "evaluation"),
-        "--baselines",
-        "--baseline-model",
-        str(model_dir),
-    ]
-    stages.append(("evaluation", out / "evaluation" / "report.md", evaluate))
-
-    for i, (name, done_marker, argv) in enumerate(stages, 1):
-        if done_marker.exists():
-            print(f"[pipeline] {i}/{len(stages)} {name}: found {done_marker}, skipped")
+    state_path = out / STATE_FILE
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        state = {}
+    plan = stages(args)
+    fingerprints: dict[str, str] = {}
+    for i, (name, argv, reads, output) in enumerate(plan, 1):
+        fingerprints[name] = fingerprint(argv, [fingerprints[r] for r in reads])
+        done = state.get(name, {})
+        if done.get("fingerprint") == fingerprints[name] and Path(output).exists():
+            print(f"[pipeline] {i}/{len(plan)} {name}: unchanged since the last run, skipped")
             continue
-        print(f"[pipeline] {i}/{len(stages)} {name}: afmrl {' '.join(argv)}", flush=True)
+        print(f"[pipeline] {i}/{len(plan)} {name}: afmrl {' '.join(argv)}", flush=True)
+        start = time.perf_counter()
         rc = main(argv)
         if rc:
             return rc
+        state[name] = {
+            "fingerprint": fingerprints[name],
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+        write_json_atomic(state_path, state)
     report = out / "evaluation" / "report.md"
     print(f"[pipeline] done; report: {report}\n")
     print(report.read_text())
