@@ -58,12 +58,12 @@ def quiet_libraries() -> Iterator[None]:
         os.environ.setdefault(key, value)
     undo = []
     if "datasets" in sys.modules:
+        import datasets.utils as ds_utils
         from datasets.utils import logging as ds_logging
-        from datasets.utils import tqdm as ds_tqdm
 
-        if not ds_tqdm.are_progress_bars_disabled():
-            ds_tqdm.disable_progress_bars()
-            undo.append(ds_tqdm.enable_progress_bars)
+        if not ds_utils.are_progress_bars_disabled():
+            ds_utils.disable_progress_bars()
+            undo.append(ds_utils.enable_progress_bars)
         level = ds_logging.get_verbosity()
         ds_logging.set_verbosity_error()
         undo.append(lambda: ds_logging.set_verbosity(level))
