@@ -3,7 +3,9 @@
 Inputs are, for every query, its ranked list of retrieved ids (a list of lists, or a ``[Q, K]``
 array) and the set of its positive ids. Definitions (relevance is binary):
 
-- ``recall@K``: fraction of queries with at least one positive in the top K (hit rate).
+- ``recall@K``: fraction of queries with at least one positive in the top K -- the *hit rate*, which
+  is what the AFMRL paper's and M5Product's tables call Recall@K.
+- ``true_recall@K``: mean over queries of the share of their positives found in the top K.
 - ``map@K``: mean over queries of ``AP@K = sum_{i<=K} P@i * rel_i / min(K, n_pos)``
   (the M5Product definition: a query with 3 positives is scored at K=1 out of 1, not out of 3).
 - ``mrr``: mean reciprocal rank of the first positive in the whole list; 0 when none is retrieved.
@@ -36,6 +38,7 @@ QueryIds = Sequence[Hashable] | None
 DEFAULT_RECALL_KS: tuple[int, ...] = (1, 5, 10)
 DEFAULT_MAP_KS: tuple[int, ...] = (10,)
 DEFAULT_NDCG_KS: tuple[int, ...] = (10,)
+DEFAULT_TRUE_RECALL_KS: tuple[int, ...] = (10,)
 
 
 # ----------------------------------------------------------------------------- relevance matrix
@@ -136,6 +139,11 @@ def hits_at_k(rel: np.ndarray, k: int) -> np.ndarray:
     return _top(rel, _check_k(k, "k")).any(axis=1).astype(np.float64)
 
 
+def true_recall_at_k(rel: np.ndarray, num_positives: np.ndarray, k: int) -> np.ndarray:
+    """``[Q]`` share of the query's positives found in its top k (true recall, not the hit rate)."""
+    return _top(rel, _check_k(k, "k")).sum(axis=1) / num_positives
+
+
 def average_precision_at_k(rel: np.ndarray, num_positives: np.ndarray, k: int) -> np.ndarray:
     """``[Q]`` AP@k normalised by ``min(k, num_positives)`` (M5Product)."""
     top = _top(rel, _check_k(k, "k")).astype(np.float64)
@@ -201,8 +209,10 @@ def retrieval_metrics(
     map_ks: Iterable[int] = DEFAULT_MAP_KS,
     ndcg_ks: Iterable[int] = DEFAULT_NDCG_KS,
     query_ids: Sequence[Hashable] | None = None,
+    true_recall_ks: Iterable[int] = DEFAULT_TRUE_RECALL_KS,
 ) -> dict[str, float]:
-    """All metrics as flat keys: ``recall@1 … map@10, mrr, ndcg@10`` plus ``num_queries``.
+    """All metrics as flat keys: ``recall@1 … map@10, mrr, ndcg@10, true_recall@10`` plus
+    ``num_queries``. ``recall@K`` is the hit rate (see the module docstring).
 
     Raises ``ValueError`` for a query without positive (see :func:`score_rankings`).
     """
@@ -215,6 +225,8 @@ def retrieval_metrics(
     out["mrr"] = float(reciprocal_ranks(rel).mean())
     for k in ndcg_ks:
         out[f"ndcg@{k}"] = float(ndcg_scores_at_k(rel, num_pos, k).mean())
+    for k in true_recall_ks:
+        out[f"true_recall@{k}"] = float(true_recall_at_k(rel, num_pos, k).mean())
     out["num_queries"] = len(num_pos)
     return out
 

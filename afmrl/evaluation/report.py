@@ -35,7 +35,7 @@ CURVES_FILE = "recall_at_k.json"
 #: Counts reported once under the table rather than as columns.
 COUNT_KEYS = ("num_queries", "num_gallery", "excluded_queries")
 _LINE_STYLES = ("-", "--", "-.", (0, (5, 1, 1, 1)))
-_LABELS = {"recall": "R", "map": "mAP", "mrr": "MRR", "ndcg": "nDCG"}
+_LABELS = {"recall": "R", "true_recall": "true R", "map": "mAP", "mrr": "MRR", "ndcg": "nDCG"}
 
 
 def metric_columns(runs: Sequence[RetrievalRun]) -> list[str]:
@@ -135,12 +135,18 @@ def report_markdown(
     if settings:
         parts += [settings, ""]
     parts += [markdown_table(runs, chance), "", counts_line(runs[0])]
+    parts += [
+        "",
+        "R@K is the hit rate (a query counts when at least one of its positives is in its top K), "
+        "as in the AFMRL paper's and M5Product's tables; true R@K is the share of a query's "
+        f"positives found in its top K. Every metric reads the first {config.get('depth', '?')} "
+        "results of each query (a positive below that rank counts as missed).",
+    ]
     if chance is not None:
         parts += [
             "",
-            "Chance = expected Recall@K of a uniformly random ranking of the same gallery "
-            "(1 − C(N − p, K) / C(N, K), averaged over queries). MRR counts a first positive "
-            f"below rank {config.get('depth', '?')} as 0.",
+            "Chance = expected R@K of a uniformly random ranking of the same gallery "
+            "(1 − C(N − p, K) / C(N, K), averaged over queries).",
         ]
     return "\n".join(parts) + "\n"
 

@@ -174,7 +174,11 @@ def evaluate_embeddings(
         raise ValueError("gallery listing ids are not unique")
     gallery_set = set(gallery_ids)
     overlap = not gallery_set.isdisjoint(query_ids)
-    keep = min(len(g), max(depth, curve_max_k, *recall_ks, *map_ks, *ndcg_ks))
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"depth must be a positive integer, got {depth!r}")
+    # Every metric (and the curve) reads the first `depth` results: a list cut shorter than K
+    # counts as padded with misses, so `depth` applies to everything the report shows.
+    keep = min(len(g), depth)
     index = RetrievalIndex(g.shape[1])
     index.add(g, gallery_ids)
     _, ids = index.search(q, k=min(len(g), keep + 1) if overlap else keep)
@@ -200,6 +204,7 @@ def evaluate_embeddings(
         _check_len(query_families, len(q), "query_families")
         _check_len(gallery_families, len(g), "gallery_families")
         hard = family_rankings(q, g, query_ids, query_families, gallery_ids, gallery_families)
+        hard = [ranked[:depth] for ranked in hard]
         members = _family_members(query_families, gallery_families, gallery_ids)
         hard_pos = [p & set(m) for p, m in zip(positives, members, strict=True)]
         hard_metrics, hard_kept = _score(hard, hard_pos, query_ids, recall_ks, map_ks, ndcg_ks)

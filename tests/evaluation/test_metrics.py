@@ -335,6 +335,7 @@ def test_evaluate_modules_load_offline_and_agree_with_numpy(metrics):
         "map@10",
         "mrr",
         "ndcg@10",
+        "true_recall@10",
         "num_queries",
     }
     assert out == pytest.approx(retrieval_metrics(retrieved, positives))
@@ -342,6 +343,8 @@ def test_evaluate_modules_load_offline_and_agree_with_numpy(metrics):
     out = retrieval.compute(predictions=[[3, 1], [2, 4]], references=[[1], [9, 2]], recall_ks=[2])
     assert out["recall@2"] == 1.0
     assert out["mrr"] == pytest.approx((1 / 2 + 1) / 2)
+    # true recall: query 2 finds one of its two positives -> (1 + 1/2) / 2, while its hit rate is 1
+    assert out["true_recall@10"] == pytest.approx(0.75)
     with pytest.raises(ValueError, match="query 1 has no positive"):
         retrieval.compute(predictions=[[1], [2]], references=[[1], []])
     out = retrieval.compute(

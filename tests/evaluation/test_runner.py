@@ -122,6 +122,21 @@ def test_runner_agrees_with_the_evaluate_module():
             assert run.metrics[prefix + key] == pytest.approx(via_module[key]), prefix + key
 
 
+def test_depth_cuts_every_metric():
+    q, g, (qi, qp, qf), (gi, gp, gf) = _catalogue(25, 3, 5, 12, seed=4)
+    full = evaluate_embeddings(q, g, qi, qp, gi, gp, qf, gf)
+    cut = evaluate_embeddings(q, g, qi, qp, gi, gp, qf, gf, depth=1)
+    assert cut.metrics["recall@1"] == full.metrics["recall@1"]
+    # With one result per query, R@5, R@10 and MRR all equal R@1.
+    one = cut.metrics["recall@1"]
+    assert cut.metrics["recall@5"] == cut.metrics["recall@10"] == cut.metrics["mrr"] == one
+    assert cut.metrics["hard_recall@5"] == cut.metrics["hard_recall@1"]
+    assert all(len(r) == 1 for r in cut.rankings) and cut.recall_curve[-1] == cut.recall_curve[0]
+    assert full.metrics["recall@10"] > cut.metrics["recall@10"]
+    with pytest.raises(ValueError, match="depth must be a positive integer"):
+        evaluate_embeddings(q, g, qi, qp, gi, gp, depth=0)
+
+
 def test_queries_without_a_positive_are_excluded_and_counted():
     q, g, (qi, qp, qf), (gi, gp, gf) = _catalogue(12, 3, 3, 8, seed=3)
     qp = list(qp)
