@@ -794,9 +794,52 @@ def _model_inputs(inputs) -> dict[str, Any]:
     return {k: inputs[k] for k in keys if k in inputs}
 
 
+#: Set while sentence-transformers saves a copy of the model (its save calls ``save_pretrained``).
+_ST_SAVING = "AFMRL_SENTENCE_TRANSFORMERS_SAVING"
+_ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+
+
 def write_sentence_transformers_files(directory: str | os.PathLike) -> None:
-    """``modules.json`` + ``sentence_bert_config.json`` so that ``SentenceTransformer(directory,
-    trust_remote_code=True)`` encodes text, images and ``{"image": ..., "text": ...}`` dicts."""
+    """The sentence-transformers files, so that ``SentenceTransformer(directory,
+    trust_remote_code=True)`` encodes text, images and ``{"image": ..., "text": ...}`` dicts.
+
+    Where sentence-transformers is installed, its own ``save`` writes them (of a ``Transformer``
+    module loaded from ``directory``, into a scratch folder; only its three configuration files are
+    kept), so they match the installed version; otherwise the same content is written directly.
+    """
+    if os.environ.get(_ST_SAVING):
+        return
+    try:
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.base.modules.transformer import Transformer
+    except ImportError:
+        _write_sentence_transformers_json(directory)
+        return
+    import shutil
+    import tempfile
+
+    os.environ[_ST_SAVING] = "1"
+    try:
+        module = Transformer(
+            os.fspath(directory),
+            model_kwargs={"trust_remote_code": True},
+            processor_kwargs={"trust_remote_code": True},
+            config_kwargs={"trust_remote_code": True},
+            modality_config=SENTENCE_TRANSFORMERS_MODALITIES,
+            module_output_name="sentence_embedding",
+        )
+        with tempfile.TemporaryDirectory(prefix="afmrl-st-") as scratch:
+            SentenceTransformer(modules=[module], similarity_fn_name="cosine").save(
+                scratch, create_model_card=False
+            )
+            for name in _ST_FILES:
+                shutil.copyfile(os.path.join(scratch, name), os.path.join(directory, name))
+    finally:
+        os.environ.pop(_ST_SAVING, None)
+
+
+def _write_sentence_transformers_json(directory: str | os.PathLike) -> None:
+    """The sentence-transformers files written directly (sentence-transformers not installed)."""
     import torch as _torch
     import transformers
 

@@ -371,3 +371,50 @@ def tiny_listings(n: int = 16, pos: bool = True, seed: int = 0, twins: bool = Tr
             row["pos_title"] = f"{cat}, {colour}"
         rows.append(row)
     return Dataset.from_list(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# The Hub, patched at its boundary
+# --------------------------------------------------------------------------------------------
+
+
+class FakeHub:
+    """Records what ``create_commit`` receives (reading the files while they still exist)."""
+
+    def __init__(self):
+        self.repos: list[str] = []
+        self.commits: list[dict] = []
+
+    def create_repo(self, api, repo_id, **kwargs):
+        from huggingface_hub import RepoUrl
+
+        self.repos.append(repo_id)
+        return RepoUrl(f"http://127.0.0.1/{repo_id}", endpoint="http://127.0.0.1")
+
+    def create_commit(self, api, repo_id, operations, **kwargs):
+        from huggingface_hub import CommitOperationAdd
+
+        files = {}
+        for op in operations:
+            assert isinstance(op, CommitOperationAdd)
+            files[op.path_in_repo] = Path(op.path_or_fileobj).read_bytes()
+        self.commits.append({"repo_id": repo_id, "files": files, **kwargs})
+        return None
+
+    @classmethod
+    def install(cls, monkeypatch) -> FakeHub:
+        """Patch ``HfApi.create_repo`` / ``create_commit`` (the Hub's boundary) to record here."""
+        from huggingface_hub import HfApi
+
+        fake = cls()
+        monkeypatch.setattr(
+            HfApi, "create_repo", lambda api, repo_id, **kw: fake.create_repo(api, repo_id, **kw)
+        )
+        monkeypatch.setattr(
+            HfApi,
+            "create_commit",
+            lambda api, repo_id, operations, **kw: fake.create_commit(
+                api, repo_id, operations, **kw
+            ),
+        )
+        return fake

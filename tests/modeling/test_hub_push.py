@@ -4,47 +4,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from huggingface_hub import CommitOperationAdd, HfApi
-from tiny_models import tiny_model
-
-
-class FakeHub:
-    """Records what ``create_commit`` receives (reading the files while they still exist)."""
-
-    def __init__(self):
-        self.repos: list[str] = []
-        self.commits: list[dict] = []
-
-    def create_repo(self, api, repo_id, **kwargs):
-        from huggingface_hub import RepoUrl
-
-        self.repos.append(repo_id)
-        return RepoUrl(f"http://127.0.0.1/{repo_id}", endpoint="http://127.0.0.1")
-
-    def create_commit(self, api, repo_id, operations, **kwargs):
-        files = {}
-        for op in operations:
-            assert isinstance(op, CommitOperationAdd)
-            files[op.path_in_repo] = Path(op.path_or_fileobj).read_bytes()
-        self.commits.append({"repo_id": repo_id, "files": files, **kwargs})
-        return None
+from tiny_models import FakeHub, tiny_model
 
 
 @pytest.fixture
 def hub(monkeypatch):
-    fake = FakeHub()
-    monkeypatch.setattr(
-        HfApi, "create_repo", lambda api, repo_id, **kw: fake.create_repo(api, repo_id, **kw)
-    )
-    monkeypatch.setattr(
-        HfApi,
-        "create_commit",
-        lambda api, repo_id, operations, **kw: fake.create_commit(api, repo_id, operations, **kw),
-    )
-    return fake
+    return FakeHub.install(monkeypatch)
 
 
 @pytest.mark.parametrize("family", ["dual", "vlm"])

@@ -174,6 +174,25 @@ def test_checkpoint_ships_every_remote_file_with_auto_map(saved_files):
     assert not list(saved_files.rglob("*.bin")) and not list(saved_files.rglob("*.pt*"))
 
 
+def test_sentence_transformers_files_come_from_its_own_save(saved_files):
+    """Written by the installed sentence-transformers (its version recorded), and it loads them."""
+    import sentence_transformers
+    from sentence_transformers import SentenceTransformer
+
+    st_config = json.loads((saved_files / "config_sentence_transformers.json").read_text())
+    assert st_config["__version__"]["sentence_transformers"] == sentence_transformers.__version__
+    modules = json.loads((saved_files / "modules.json").read_text())
+    assert [m["type"] for m in modules] == [
+        "sentence_transformers.base.modules.transformer.Transformer"
+    ]
+    model = SentenceTransformer(str(saved_files), trust_remote_code=True, device="cpu")
+    text = model.encode(["navy mug"], convert_to_tensor=True)
+    image = model.encode([sample_images()[0]], convert_to_tensor=True)
+    both = model.encode([{"image": sample_images()[0], "text": "navy mug"}], convert_to_tensor=True)
+    assert text.shape == image.shape == both.shape == (1, 64)
+    assert not torch.allclose(text, image)
+
+
 def _imports(tree: ast.AST, in_function: bool = False, in_try: bool = False):
     """Yield ``(node, in_function, in_try)`` for every import statement."""
     for child in ast.iter_child_nodes(tree):
