@@ -124,6 +124,18 @@ def building(out: str | os.PathLike) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def looks_like_local_path(name: str, suffixes: tuple[str, ...] = ()) -> bool:
+    """True for a name that cannot be a Hub id (``org/name`` or ``name``): it starts with ``.``,
+    ``/``, ``~`` or ``\\``, has more than one ``/``, or ends with one of ``suffixes``. Such a
+    name that does not exist is reported as a missing path, not looked up on the Hub."""
+    return (
+        name.startswith((".", "/", "~", "\\"))
+        or name.count("/") > 1
+        or "\\" in name
+        or (bool(suffixes) and name.lower().endswith(suffixes))
+    )
+
+
 # ------------------------------------------------------------------------------------ identity
 
 
@@ -342,6 +354,7 @@ __all__ = [
     "fingerprint",
     "fsync_dir",
     "ids_fingerprint",
+    "looks_like_local_path",
     "sha256_file",
     "staging_folder",
     "state_dict_fingerprint",

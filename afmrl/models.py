@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import MissingPathError, UserError, one_line
-from .io import Fingerprint, sha256_file, state_dict_fingerprint
+from .io import Fingerprint, looks_like_local_path, sha256_file, state_dict_fingerprint
 
 if TYPE_CHECKING:
     from modeling_afmrl import AFMRLModel
@@ -71,6 +71,8 @@ def load_model(
     if local.exists():
         _check_local_checkpoint(local, what)
         source = str(local)
+    elif looks_like_local_path(source, (".safetensors", ".json")):
+        raise MissingPathError(f"{what} {source}: no such folder")
     elif os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise MissingPathError(
             f"{what} {source}: no such folder (and as a Hub model id it cannot be downloaded: "

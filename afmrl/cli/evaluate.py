@@ -82,14 +82,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from afmrl.errors import UserError
+    from afmrl.cli.arguments import check_out
     from afmrl.runtime import torch_settings
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
+    # An earlier evaluation's folder is reused (its cache of generated attributes too).
+    out = check_out(
+        args.out,
+        inputs=[args.model, *args.compare, args.data],
+        ours=lambda folder: (folder / "metrics.json").is_file() or (folder / "cache").is_dir(),
+        overwrite=True,
+    )
     with torch_settings(args.threads):
         if args.task == "attributes":
             return _attribute_task(args, out)

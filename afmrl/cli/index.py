@@ -12,6 +12,7 @@ from afmrl.cli.arguments import (
     add_batch_arguments,
     add_column_mapping,
     add_no_progress,
+    check_out,
     positive_int,
 )
 from afmrl.retrieval.attributes import ATTRIBUTE_SOURCES
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from afmrl.retrieval.indexing import build_index, check_index_folder
     from afmrl.runtime import torch_settings
 
+    check_out(args.out, inputs=[args.model, args.data], ours=lambda _: True, overwrite=True)
     check_index_folder(Path(args.out), args.overwrite)
     split = load_catalog(args.data, columns=parse_column_mapping(args.column), splits=[args.split])
     model = load_model(args.model, need_extractor=args.attributes == "generated", what="--model")

@@ -67,15 +67,25 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from afmrl.cli import main
+    from afmrl.cli.arguments import check_out
     from afmrl.io import fingerprint, write_json_atomic
 
-    out = Path(args.out)
+    plan = stages(args)
+    outputs = {Path(output).name for *_, output in plan} | {STATE_FILE, "catalog_preview.png"}
+
+    def ours(folder: Path) -> bool:
+        """Only this pipeline's outputs (and their in-progress hidden siblings) live here."""
+        return all(
+            p.name in outputs or any(p.name.startswith(f".{name}.") for name in outputs)
+            for p in folder.iterdir()
+        )
+
+    out = check_out(args.out, ours=ours, overwrite=True)
     state_path = out / STATE_FILE
     try:
         state = json.loads(state_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         state = {}
-    plan = stages(args)
     fingerprints: dict[str, str] = {}
     for i, (name, argv, reads, output) in enumerate(plan, 1):
         fingerprints[name] = fingerprint(argv, [fingerprints[r] for r in reads])

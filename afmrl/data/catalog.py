@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from afmrl.errors import MissingPathError, UserError, one_line
+from afmrl.io import looks_like_local_path
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -211,19 +212,9 @@ def _read_source(
                 f"{source}: unsupported file type {path.suffix!r}; expected one of {TABLE_SUFFIXES}"
             )
         return _read_table(path, mapping, cache_dir), path.resolve().parent, path.suffix[1:].lower()
-    if _looks_like_path(source):
+    if looks_like_local_path(source, TABLE_SUFFIXES):
         raise MissingPathError(f"{source}: no such file or folder")
     return _load_hub(source, revision=revision, cache_dir=cache_dir), None, "hub"
-
-
-def _looks_like_path(source: str) -> bool:
-    """A name that cannot be a Hub id (``org/name`` or ``name``) is reported as a missing path."""
-    return (
-        source.startswith((".", "/", "~", "\\"))
-        or source.lower().endswith(TABLE_SUFFIXES)
-        or source.count("/") > 1
-        or "\\" in source
-    )
 
 
 def _read_table(path: Path, mapping: Mapping[str, str], cache_dir: Any) -> DatasetDict:

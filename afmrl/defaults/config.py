@@ -12,14 +12,18 @@ from dataclasses import asdict, dataclass, field
 class EmbeddedDefaultConfig:
     """How the embedded default is built (see :func:`afmrl.defaults.build_embedded_default`)."""
 
-    embed_dim: int = field(default=256, metadata={"help": "listing embedding size"})
+    embed_dim: int = field(
+        default=256, metadata={"help": "listing embedding size", "check": "positive"}
+    )
     image_size: int = field(
-        default=128, metadata={"help": "encoder image side in pixels (a multiple of 32)"}
+        default=128,
+        metadata={"help": "encoder image side in pixels (a multiple of 32)", "check": "positive"},
     )
     extractor_image_size: int = field(
         default=128,
         metadata={
-            "help": "extractor image side (128 px: an 8x8 map = 64 image tokens at stage -2)"
+            "help": "extractor image side (128 px: an 8x8 map = 64 image tokens at stage -2)",
+            "check": "positive",
         },
     )
     feature_layer: int = field(
@@ -29,7 +33,9 @@ class EmbeddedDefaultConfig:
             "-1: 320 at stride 32)"
         },
     )
-    vocab_size: int = field(default=2048, metadata={"help": "extractor tokenizer size"})
+    vocab_size: int = field(
+        default=2048, metadata={"help": "extractor tokenizer size (>= 512)", "check": "positive"}
+    )
     attribute_tokens: bool = field(
         default=True,
         metadata={

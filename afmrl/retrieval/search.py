@@ -63,6 +63,18 @@ def lookup_listings(folder: str | os.PathLike, ids: Iterable[Any]) -> dict:
     return found
 
 
+def _query_photo(path: Path):
+    """The query photo as an RGB image, or a one-line error naming the file."""
+    from modeling_afmrl.processing_afmrl import to_rgb_image
+
+    if not path.is_file():
+        raise MissingPathError(f"--image {path}: no such file")
+    try:
+        return to_rgb_image(path, name=f"--image {path}")
+    except (ValueError, TypeError) as err:
+        raise UserError(str(err)) from err
+
+
 def search_index(
     folder: str | os.PathLike,
     model: Any,
@@ -81,8 +93,8 @@ def search_index(
     """
     if image is None and not title:
         raise UserError("give a query: a photo and/or a title")
-    if isinstance(image, str | os.PathLike) and not Path(image).is_file():
-        raise MissingPathError(f"--image {image}: no such file")
+    if isinstance(image, str | os.PathLike):
+        image = _query_photo(Path(image))
     index = index if index is not None else RetrievalIndex.load(folder)
     info = read_index_info(folder) or {}
     if attributes is None and info.get("attributes") == "generated" and image is not None and title:

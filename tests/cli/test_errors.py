@@ -80,3 +80,13 @@ def test_torch_settings_are_restored():
     with torch_settings(threads=1, flush_denormal=True):
         assert torch.get_num_threads() == 1 and (tiny * 1).item() == 0.0
     assert torch.get_num_threads() == threads and (tiny * 1).item() != 0.0
+
+
+def test_a_missing_local_model_path_is_never_looked_up_on_the_hub(monkeypatch, tmp_path):
+    from afmrl.errors import MissingPathError
+    from afmrl.models import load_model
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for name in ("./no-such-model", str(tmp_path / "gone"), "outputs/a/model"):
+        with pytest.raises(MissingPathError, match="no such folder"):
+            load_model(name, what="--model")
