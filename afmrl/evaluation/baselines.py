@@ -1,5 +1,7 @@
-"""Zero-shot baselines: the embedded default (``afmrl init``, no training) one modality at a time.
+"""The peers every table carries: what a user would try before training anything.
 
+- **title BM25**: BM25 (the maintained ``bm25s`` library, Lucene idf, k1 1.5, b 0.75) of each gallery
+  title for the query's title, no model at all.
 - **title-only MiniLM**: all-MiniLM-L6-v2 over the title alone (``encode(texts=...)``), query
   title against gallery titles. No image enters the embedding.
 - **image-only EfficientNet-Lite0**: the ImageNet EfficientNet-Lite0 over the photo alone
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .runner import DEFAULT_DEPTH, TASKS, RetrievalRun, evaluate_model
+from .runner import DEFAULT_DEPTH, TASKS, RetrievalRun, evaluate_model, evaluate_scores
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -38,6 +40,12 @@ class Baseline:
     description: str
 
 
+TITLE_BM25 = Baseline(
+    "baseline: title BM25 (bm25s)",
+    "text",
+    "text",
+    "BM25 over the titles (bm25s: lower-cased words, no stop words), no model",
+)
 TITLE_ONLY = Baseline(
     "baseline: title-only (MiniLM)",
     "text",
@@ -65,7 +73,7 @@ TITLE_TO_IMAGE = Baseline(
 
 #: The baselines reported for each ``--task``.
 BASELINES_BY_TASK: dict[str, tuple[Baseline, ...]] = {
-    "listing": (TITLE_ONLY, IMAGE_ONLY, FUSION),
+    "listing": (TITLE_BM25, TITLE_ONLY, IMAGE_ONLY, FUSION),
     "image": (IMAGE_ONLY,),
     "text": (TITLE_TO_IMAGE,),
 }
@@ -100,6 +108,11 @@ def run_baselines(
     """Evaluate every baseline of ``task`` with ``model`` (the untrained embedded default)."""
     runs = []
     for baseline in baselines_for_task(task):
+        if baseline is TITLE_BM25:
+            run = title_bm25_run(query_ds, gallery_ds, depth=depth)
+            run.settings.update(baseline=baseline.description, attributes="none")
+            runs.append(run)
+            continue
         run = evaluate_model(
             model,
             query_ds,
@@ -116,3 +129,38 @@ def run_baselines(
         run.settings["baseline"] = baseline.description
         runs.append(run)
     return runs
+
+
+def title_bm25_run(
+    query_ds: Dataset, gallery_ds: Dataset, depth: int = DEFAULT_DEPTH
+) -> RetrievalRun:
+    """Rank the gallery by BM25 of its titles for each query's title (``bm25s``)."""
+    import bm25s
+    import numpy as np
+
+    def titles(ds: Dataset) -> list[str]:
+        return ["" if t is None else str(t) for t in ds["title"]]
+
+    retriever = bm25s.BM25()
+    retriever.index(
+        bm25s.tokenize(titles(gallery_ds), stopwords=None, show_progress=False),
+        show_progress=False,
+    )
+    queries = bm25s.tokenize(
+        titles(query_ds), stopwords=None, return_ids=False, show_progress=False
+    )
+    scores = np.stack([retriever.get_scores(tokens) for tokens in queries])
+    families = "family_id" in query_ds.column_names and "family_id" in gallery_ds.column_names
+    run = evaluate_scores(
+        scores,
+        list(query_ds["listing_id"]),
+        list(query_ds["product_id"]),
+        list(gallery_ds["listing_id"]),
+        list(gallery_ds["product_id"]),
+        list(query_ds["family_id"]) if families else None,
+        list(gallery_ds["family_id"]) if families else None,
+        depth=depth,
+        name=TITLE_BM25.name,
+    )
+    run.settings.update(task="listing", query_modality="text", gallery_modality="text", depth=depth)
+    return run

@@ -27,7 +27,7 @@ tested without a model. :func:`chance_recall_at_k` gives the random-ranking refe
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,9 +52,6 @@ from afmrl.retrieval.ranking import rank_by_scores
 from modeling_afmrl.attributes import canonical_attribute_text
 
 from .metrics import (
-    DEFAULT_MAP_KS,
-    DEFAULT_NDCG_KS,
-    DEFAULT_RECALL_KS,
     hits_at_k,
     positives_from_labels,
     relevance_matrix,
@@ -143,9 +140,6 @@ def evaluate_embeddings(
     *,
     depth: int = DEFAULT_DEPTH,
     curve_max_k: int = CURVE_MAX_K,
-    recall_ks: Sequence[int] = DEFAULT_RECALL_KS,
-    map_ks: Sequence[int] = DEFAULT_MAP_KS,
-    ndcg_ks: Sequence[int] = DEFAULT_NDCG_KS,
     name: str = "model",
 ) -> RetrievalRun:
     """Search ``gallery_emb`` for every row of ``query_emb`` (exact faiss) and score the rankings.
@@ -156,8 +150,8 @@ def evaluate_embeddings(
 
     Returns:
         A :class:`RetrievalRun` whose ``metrics`` hold ``recall@K``, ``map@K``, ``mrr``,
-        ``ndcg@K``, ``num_queries`` (scored), ``num_gallery``, ``excluded_queries`` (no positive),
-        and with families the same with a ``hard_`` prefix.
+        ``ndcg@K``, ``true_recall@K``, ``num_queries`` (scored), ``num_gallery``,
+        ``excluded_queries`` (no positive), and with families the same with a ``hard_`` prefix.
     """
     from afmrl.retrieval.index import RetrievalIndex
 
@@ -165,31 +159,117 @@ def evaluate_embeddings(
     g = _as_matrix(gallery_emb, "gallery embeddings")
     if q.shape[1] != g.shape[1]:
         raise ValueError(f"query dim {q.shape[1]} != gallery dim {g.shape[1]}")
-    _check_len(query_ids, len(q), "query_ids")
-    _check_len(query_products, len(q), "query_products")
-    _check_len(gallery_ids, len(g), "gallery_ids")
-    _check_len(gallery_products, len(g), "gallery_products")
-    query_ids, gallery_ids = list(query_ids), list(gallery_ids)
-    if len(set(gallery_ids)) != len(gallery_ids):
-        raise ValueError("gallery listing ids are not unique")
-    gallery_set = set(gallery_ids)
-    overlap = not gallery_set.isdisjoint(query_ids)
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"depth must be a positive integer, got {depth!r}")
-    # Every metric (and the curve) reads the first `depth` results: a list cut shorter than K
-    # counts as padded with misses, so `depth` applies to everything the report shows.
+    labels = _Labels.check(len(q), len(g), query_ids, query_products, gallery_ids,
+                           gallery_products, query_families, gallery_families, depth)  # fmt: skip
     keep = min(len(g), depth)
     index = RetrievalIndex(g.shape[1])
-    index.add(g, gallery_ids)
-    _, ids = index.search(q, k=min(len(g), keep + 1) if overlap else keep)
+    index.add(g, labels.gallery_ids)
+    _, ids = index.search(q, k=min(len(g), keep + 1) if labels.overlap else keep)
     rankings = [
         [i for i in row if i != qid][:keep]
-        for row, qid in zip(ids.tolist(), query_ids, strict=True)
+        for row, qid in zip(ids.tolist(), labels.query_ids, strict=True)
     ]
-    positives = positives_from_labels(query_products, gallery_products, gallery_ids)
+
+    def family_scores(qs: list[int], rows: list[int]) -> np.ndarray:
+        return q[qs].astype(np.float64) @ g[rows].astype(np.float64).T
+
+    return _scored_run(name, rankings, family_scores, labels, depth, curve_max_k)
+
+
+def evaluate_scores(
+    scores: np.ndarray,
+    query_ids: Sequence[Hashable],
+    query_products: Sequence[Hashable],
+    gallery_ids: Sequence[Hashable],
+    gallery_products: Sequence[Hashable],
+    query_families: Sequence[Hashable] | None = None,
+    gallery_families: Sequence[Hashable] | None = None,
+    *,
+    depth: int = DEFAULT_DEPTH,
+    curve_max_k: int = CURVE_MAX_K,
+    name: str = "model",
+) -> RetrievalRun:
+    """:func:`evaluate_embeddings` for a system that gives a ``[Q, N]`` score matrix (higher is
+    better) instead of embeddings, e.g. BM25 over titles; ties are broken by gallery order."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 2 or s.shape[0] == 0 or s.shape[1] == 0:
+        raise ValueError(f"scores must be a non-empty [Q, N] matrix, got shape {s.shape}")
+    labels = _Labels.check(s.shape[0], s.shape[1], query_ids, query_products, gallery_ids,
+                           gallery_products, query_families, gallery_families, depth)  # fmt: skip
+    position = {gid: j for j, gid in enumerate(labels.gallery_ids)}
+    masked = s.copy()
+    for i, qid in enumerate(labels.query_ids):
+        if qid in position:
+            masked[i, position[qid]] = -np.inf
+    gallery = np.asarray(labels.gallery_ids, dtype=object)
+    _, top = rank_by_scores(masked, gallery, k=min(s.shape[1], depth + labels.overlap))
+    rankings = [
+        [gid for gid in row if gid != qid][:depth]
+        for row, qid in zip(top.tolist(), labels.query_ids, strict=True)
+    ]
+
+    def family_scores(qs: list[int], rows: list[int]) -> np.ndarray:
+        return s[np.ix_(qs, rows)]
+
+    return _scored_run(name, rankings, family_scores, labels, depth, curve_max_k)
+
+
+@dataclass
+class _Labels:
+    """The ids, products and families of a query and a gallery side, checked once."""
+
+    query_ids: list[Hashable]
+    query_products: Sequence[Hashable]
+    gallery_ids: list[Hashable]
+    gallery_products: Sequence[Hashable]
+    query_families: Sequence[Hashable] | None
+    gallery_families: Sequence[Hashable] | None
+    overlap: bool
+
+    @classmethod
+    def check(cls, n_query, n_gallery, query_ids, query_products, gallery_ids, gallery_products,
+              query_families, gallery_families, depth) -> _Labels:  # fmt: skip
+        _check_len(query_ids, n_query, "query_ids")
+        _check_len(query_products, n_query, "query_products")
+        _check_len(gallery_ids, n_gallery, "gallery_ids")
+        _check_len(gallery_products, n_gallery, "gallery_products")
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"depth must be a positive integer, got {depth!r}")
+        gallery_ids = list(gallery_ids)
+        if len(set(gallery_ids)) != len(gallery_ids):
+            raise ValueError("gallery listing ids are not unique")
+        families = query_families is not None and gallery_families is not None
+        if families:
+            _check_len(query_families, n_query, "query_families")
+            _check_len(gallery_families, n_gallery, "gallery_families")
+        query_ids = list(query_ids)
+        return cls(
+            query_ids,
+            query_products,
+            gallery_ids,
+            gallery_products,
+            query_families if families else None,
+            gallery_families if families else None,
+            overlap=not set(gallery_ids).isdisjoint(query_ids),
+        )
+
+
+def _scored_run(
+    name: str,
+    rankings: list[list[Hashable]],
+    family_scores: Callable[[list[int], list[int]], np.ndarray],
+    labels: _Labels,
+    depth: int,
+    curve_max_k: int,
+) -> RetrievalRun:
+    """Score rankings cut at ``depth`` (a list shorter than K counts as padded with misses, so
+    ``depth`` applies to every metric and the curve), and the per-family ``hard_`` rankings."""
+    query_ids, gallery_ids = labels.query_ids, labels.gallery_ids
+    gallery_set = set(gallery_ids)
+    positives = positives_from_labels(labels.query_products, labels.gallery_products, gallery_ids)
     positives = [p - {qid} for p, qid in zip(positives, query_ids, strict=True)]
-    metrics, kept = _score(rankings, positives, query_ids, recall_ks, map_ks, ndcg_ks)
-    metrics["num_gallery"] = len(g)
+    metrics, kept = _score(rankings, positives, query_ids)
+    metrics["num_gallery"] = len(gallery_ids)
     curve = recall_curve([rankings[i] for i in kept], [positives[i] for i in kept], curve_max_k)
     run = RetrievalRun(
         name=name,
@@ -198,16 +278,16 @@ def evaluate_embeddings(
         rankings=[rankings[i] for i in kept],
         positives=[positives[i] for i in kept],
         query_ids=[query_ids[i] for i in kept],
-        num_candidates=[len(g) - (qid in gallery_set) for qid in (query_ids[i] for i in kept)],
+        num_candidates=[len(gallery_ids) - (query_ids[i] in gallery_set) for i in kept],
     )
-    if query_families is not None and gallery_families is not None:
-        _check_len(query_families, len(q), "query_families")
-        _check_len(gallery_families, len(g), "gallery_families")
-        hard = family_rankings(q, g, query_ids, query_families, gallery_ids, gallery_families)
+    if labels.query_families is not None:
+        hard = family_rankings(
+            family_scores, query_ids, labels.query_families, gallery_ids, labels.gallery_families
+        )
         hard = [ranked[:depth] for ranked in hard]
-        members = _family_members(query_families, gallery_families, gallery_ids)
+        members = _family_members(labels.query_families, labels.gallery_families, gallery_ids)
         hard_pos = [p & set(m) for p, m in zip(positives, members, strict=True)]
-        hard_metrics, hard_kept = _score(hard, hard_pos, query_ids, recall_ks, map_ks, ndcg_ks)
+        hard_metrics, hard_kept = _score(hard, hard_pos, query_ids)
         run.metrics.update({f"hard_{k}": v for k, v in hard_metrics.items()})
         run.hard_rankings = [hard[i] for i in hard_kept]
         run.hard_positives = [hard_pos[i] for i in hard_kept]
@@ -215,18 +295,13 @@ def evaluate_embeddings(
 
 
 def _score(
-    rankings: list[list[Hashable]],
-    positives: list[set[Hashable]],
-    query_ids: list[Hashable],
-    recall_ks: Sequence[int],
-    map_ks: Sequence[int],
-    ndcg_ks: Sequence[int],
+    rankings: list[list[Hashable]], positives: list[set[Hashable]], query_ids: list[Hashable]
 ) -> tuple[dict[str, float | int], list[int]]:
     """Metrics over the queries with a positive, their positions, and the excluded count."""
     kept = [i for i, p in enumerate(positives) if p]
     if not kept:
         raise ValueError(f"none of the {len(positives)} queries has a positive in the gallery")
-    out = score_rankings(rankings, positives, recall_ks, map_ks, ndcg_ks, query_ids)
+    out = score_rankings(rankings, positives, query_ids=query_ids)
     out["excluded_queries"] = int(out.pop("num_queries_without_positive"))
     out["num_queries"] = int(out["num_queries"])
     return out, kept
@@ -244,22 +319,22 @@ def _family_members(
 
 
 def family_rankings(
-    query_emb: np.ndarray,
-    gallery_emb: np.ndarray,
+    family_scores: Callable[[list[int], list[int]], np.ndarray],
     query_ids: Sequence[Hashable],
     query_families: Sequence[Hashable],
     gallery_ids: Sequence[Hashable],
     gallery_families: Sequence[Hashable],
 ) -> list[list[Hashable]]:
-    """For each query, its family's gallery rows ranked by inner product (exact, ties by order).
+    """For each query, its family's gallery rows ranked by score (exact, ties by gallery order).
 
-    The query's own listing id is left out. A query whose family has no gallery row gets ``[]``.
+    ``family_scores(query_positions, gallery_positions)`` gives the ``[q, n]`` score block. The
+    query's own listing id is left out. A query whose family has no gallery row gets ``[]``.
     """
     gallery_ids = np.asarray(list(gallery_ids), dtype=object)
     rows_of: dict[Hashable, list[int]] = {}
     for j, fam in enumerate(gallery_families):
         rows_of.setdefault(fam, []).append(j)
-    out: list[list[Hashable]] = [[] for _ in range(len(query_emb))]
+    out: list[list[Hashable]] = [[] for _ in range(len(query_ids))]
     queries_of: dict[Hashable, list[int]] = {}
     for i, fam in enumerate(query_families):
         queries_of.setdefault(fam, []).append(i)
@@ -267,8 +342,7 @@ def family_rankings(
         rows = rows_of.get(fam)
         if not rows:
             continue
-        scores = query_emb[qs].astype(np.float64) @ gallery_emb[rows].astype(np.float64).T
-        _, top = rank_by_scores(scores, gallery_ids[rows], k=len(rows))
+        _, top = rank_by_scores(family_scores(qs, rows), gallery_ids[rows], k=len(rows))
         for i, ranked in zip(qs, top.tolist(), strict=True):
             out[i] = [gid for gid in ranked if gid != query_ids[i]]
     return out

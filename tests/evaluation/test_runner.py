@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from afmrl.evaluation.baselines import IMAGE_ONLY, TITLE_ONLY, baselines_for_task
+from afmrl.evaluation.baselines import (
+    IMAGE_ONLY,
+    TITLE_BM25,
+    TITLE_ONLY,
+    baselines_for_task,
+    title_bm25_run,
+)
 from afmrl.evaluation.report import markdown_table, metrics_document, write_report
 from afmrl.evaluation.runner import (
     RetrievalRun,
@@ -137,6 +143,38 @@ def test_depth_cuts_every_metric():
         evaluate_embeddings(q, g, qi, qp, gi, gp, depth=0)
 
 
+def _lucene_bm25(query: list[str], docs: list[list[str]], k1=1.5, b=0.75) -> list[float]:
+    """Okapi BM25 with Lucene's idf, written out (the reference for the bm25s peer)."""
+    n, avg = len(docs), sum(map(len, docs)) / len(docs)
+    out = []
+    for doc in docs:
+        score = 0.0
+        for term in set(query):
+            df = sum(term in d for d in docs)
+            tf = doc.count(term)
+            if tf:
+                idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+                score += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len(doc) / avg))
+        out.append(score)
+    return out
+
+
+def test_title_bm25_peer_ranks_as_lucene_bm25(listings):
+    gallery = listings
+    query = listings.select([0, 2, 4]).map(
+        lambda r, i: {"listing_id": f"q{i}", "title": ["dark navy mug", "red mug", "green hat"][i]},
+        with_indices=True,
+    )
+    run = title_bm25_run(query, gallery)
+    docs = [t.lower().split() for t in gallery["title"]]
+    for ranked, title in zip(run.rankings, query["title"], strict=True):
+        scores = _lucene_bm25(title.split(), docs)
+        order = sorted(range(len(docs)), key=lambda j: (-scores[j], j))
+        assert ranked == [gallery["listing_id"][j] for j in order]
+    assert run.metrics["recall@1"] == 1.0  # each query's words pick its product first
+    assert run.settings["query_modality"] == "text"
+
+
 def test_queries_without_a_positive_are_excluded_and_counted():
     q, g, (qi, qp, qf), (gi, gp, gf) = _catalogue(12, 3, 3, 8, seed=3)
     qp = list(qp)
@@ -219,7 +257,8 @@ def test_encode_inputs_single_modality():
     assert encode_inputs(rows, "listing") == {"images": ["img0", "img1"], "texts": ["a", ""]}
     with pytest.raises(ValueError, match="modality must be one of"):
         encode_inputs(rows, "audio")
-    assert [b.name for b in baselines_for_task("listing")][:2] == [TITLE_ONLY.name, IMAGE_ONLY.name]
+    names = [b.name for b in baselines_for_task("listing")]
+    assert names[:3] == [TITLE_BM25.name, TITLE_ONLY.name, IMAGE_ONLY.name]
     assert (TITLE_ONLY.query_modality, TITLE_ONLY.gallery_modality) == ("text", "text")
     assert (IMAGE_ONLY.query_modality, IMAGE_ONLY.gallery_modality) == ("image", "image")
 

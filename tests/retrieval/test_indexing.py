@@ -328,6 +328,7 @@ def test_evaluate_with_baselines_end_to_end(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     models = metrics["models"]
     assert list(models)[1:] == [
+        "baseline: title BM25 (bm25s)",
         "baseline: title-only (MiniLM)",
         "baseline: image-only (EfficientNet-Lite0)",
         "baseline: untrained fusion",
@@ -337,10 +338,14 @@ def test_evaluate_with_baselines_end_to_end(tmp_path):
     # Well above chance, well below perfect (27 queries here: the 10x check is on the default
     # catalogue, reported by the evaluation note).
     chance = metrics["chance"]["recall@1"]
-    for name in ("baseline: title-only (MiniLM)", "baseline: image-only (EfficientNet-Lite0)"):
+    for name in (
+        "baseline: title BM25 (bm25s)",
+        "baseline: title-only (MiniLM)",
+        "baseline: image-only (EfficientNet-Lite0)",
+    ):
         assert 3 * chance < models[name]["recall@1"] < 0.95, (name, models[name], chance)
     report = (out / "report.md").read_text()
-    assert report.count("| baseline: ") == 3
+    assert report.count("| baseline: ") == 4
 
 
 # ------------------------------------------------------------------- generated attributes
