@@ -83,6 +83,47 @@ def test_train_has_no_product_link_and_truth_matches_rows(built):
     assert same_neighbour / len(truth) < 0.15
 
 
+def test_train_pairs_come_from_another_seller_of_the_same_product(built):
+    """Each train row's second view is another seller's listing of the same product (its main
+    photo and title, i.e. another train row's first view); the truth file names that listing."""
+    out, _, dd, _ = built
+    train = dd["train"].cast_column("image", datasets.Image(decode=False))
+    train = train.cast_column("pos_image", datasets.Image(decode=False))
+    truth = [
+        json.loads(line)
+        for line in (out / "truth" / "train_listings.jsonl").read_text().splitlines()
+    ]
+    product_of = {t["listing_id"]: t["product_id"] for t in truth}
+    first_view = {
+        lid: (img["bytes"], title)
+        for lid, img, title in zip(train["listing_id"], train["image"], train["title"], strict=True)
+    }
+    for t, img, title in zip(truth, train["pos_image"], train["pos_title"], strict=True):
+        assert t["pos_listing_id"] != t["listing_id"], "a pair must never come from one seller"
+        assert product_of[t["pos_listing_id"]] == t["product_id"]
+        assert first_view[t["pos_listing_id"]] == (img["bytes"], title)
+    # Every listing is the second view of exactly one other row (the next seller, cyclically).
+    assert sorted(t["pos_listing_id"] for t in truth) == sorted(product_of)
+
+
+def test_same_seller_train_pairs_ablation():
+    """``train_pairs="same_seller"`` (the ablation) pairs a listing with its own second photo."""
+    from afmrl.data.synthetic.build import make_row
+
+    config = CatalogConfig(products=CONFIG.products, seed=0, train_pairs="same_seller")
+    plan = get_plan(config)
+    products, slots = plan.split_listings("train")
+    p, k = int(products[0]), int(slots[0])
+    row = make_row(plan, "train", p, k)
+    assert row["pos_title"] == render_view(plan, p, k, 1).title
+    assert row["pos_image"]["bytes"] == render_view(plan, p, k, 1).jpeg
+    assert row["image"]["bytes"] != row["pos_image"]["bytes"]
+    cross = make_row(get_plan(CONFIG), "train", p, k)
+    assert cross["image"] == row["image"] and cross["pos_image"] != row["pos_image"]
+    with pytest.raises(ValueError, match="train_pairs"):
+        CatalogConfig(train_pairs="augmented").validate()
+
+
 def test_products_and_families_disjoint_across_splits(built):
     out, _, dd, _ = built
     truth = [
@@ -311,6 +352,8 @@ def test_bad_input_gets_a_clear_error(tmp_path, capsys):
     assert "--teacher-drop" in capsys.readouterr().err
     assert main(["synth", "--out", str(tmp_path / "a"), "--teacher-drop", "1"]) == 2
     assert "teacher_drop" in capsys.readouterr().err
+    assert main(["synth", "--out", str(tmp_path / "a"), "--train-pairs", "mixed"]) == 2
+    assert "--train-pairs: invalid choice: 'mixed'" in capsys.readouterr().err
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     assert main(["synth", "--out", str(tmp_path / "busy"), "--products", "40"]) == 2

@@ -10,8 +10,14 @@ Layout of ``out_dir``::
     dataset_dict.json, train/, validation_query/, validation_gallery/, query/, gallery/
     fingerprint.json         {"sha256": ..., "config": ..., "rows": ...}
     catalog.json             config, per-split counts and the attribute vocabularies
-    truth/train_listings.jsonl   listing_id, product_id, family_id of every train row, in row
-                                 order (for audits only: training must never read it)
+    truth/train_listings.jsonl   listing_id, pos_listing_id (the listing the second view comes
+                                 from), product_id, family_id of every train row, in row order
+                                 (for audits only: training must never read it)
+
+A train row pairs a listing with another seller's listing of the same product (``pos_image`` /
+``pos_title`` = that listing's main photo and title), as product matching gives a marketplace;
+``CatalogConfig(train_pairs="same_seller")`` pairs it with a second photo and title of the same
+listing instead (an ablation: such pairs teach seller style, and evaluation asks for other sellers).
 """
 
 from __future__ import annotations
@@ -76,7 +82,7 @@ def make_row(plan: CatalogPlan, split: str, product: int, slot: int) -> dict:
     }
     teacher = teacher_text(plan, product, slot, main.mentioned)
     if split == "train":
-        other = render_view(plan, product, slot, 1)
+        other = render_view(plan, product, *plan.train_positive(product, slot))
         row |= {
             "pos_image": {"bytes": other.jpeg, "path": None},
             "pos_title": other.title,
@@ -191,8 +197,10 @@ def _write_truth(plan: CatalogPlan, path: Path) -> None:
     products, slots = plan.split_listings("train")
     with path.open("w", encoding="utf-8") as f:
         for p, k in zip(products.tolist(), slots.tolist(), strict=True):
+            pos_slot, _ = plan.train_positive(p, k)
             record = {
                 "listing_id": listing_id(plan.config.seed, p, plan.seller(p, k)),
+                "pos_listing_id": listing_id(plan.config.seed, p, plan.seller(p, pos_slot)),
                 "product_id": product_id(p),
                 "family_id": family_id(int(plan.product_family[p])),
             }

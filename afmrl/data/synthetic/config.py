@@ -9,6 +9,11 @@ from dataclasses import asdict, dataclass, field
 
 from afmrl.errors import UserError
 
+#: How a train row's second view (``pos_image`` / ``pos_title``) is chosen: another seller's listing
+#: of the same product (what product matching gives a marketplace), or a second photo and title of
+#: the same listing (kept only for the ablation: it teaches seller style).
+TRAIN_PAIRS: tuple[str, ...] = ("cross_seller", "same_seller")
+
 
 @dataclass(frozen=True)
 class CatalogConfig:
@@ -36,6 +41,15 @@ class CatalogConfig:
         metadata={"help": "share of families in validation_query / validation_gallery",
                   "check": "fraction"},
     )  # fmt: skip
+    train_pairs: str = field(
+        default="cross_seller",
+        metadata={
+            "help": "second view of a train row: another seller's listing of the same product "
+            "(cross_seller), or a second photo and title of the same listing (same_seller, an "
+            "ablation: it teaches seller style)",
+            "choices": ("cross_seller", "same_seller"),
+        },
+    )
     test_fraction: float = field(
         default=0.2,
         metadata={"help": "share of families in query / gallery", "check": "fraction"},
@@ -57,6 +71,8 @@ class CatalogConfig:
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
                 raise UserError(f"{name} must be in (0, 1), got {value!r}")
+        if self.train_pairs not in TRAIN_PAIRS:
+            raise UserError(f"train_pairs must be one of {TRAIN_PAIRS}, got {self.train_pairs!r}")
         if self.validation_fraction + self.test_fraction >= 0.9:
             raise UserError(
                 "validation_fraction + test_fraction must leave at least 10% for train, got "

@@ -224,6 +224,17 @@ class CatalogPlan:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         return self._split_listings[split]
 
+    def train_positive(self, product: int, slot: int) -> tuple[int, int]:
+        """``(seller slot, view)`` of the second view of the train row of ``(product, slot)``.
+
+        ``cross_seller``: the next seller of the product, cyclically, its main photo and title
+        (view 0), i.e. another train row's listing (every product has at least two sellers);
+        ``same_seller``: the same listing's second photo and title (view 1).
+        """
+        if self.config.train_pairs == "same_seller":
+            return slot, 1
+        return (slot + 1) % int(self.product_n_sellers[product]), 0
+
     def seller(self, product: int, slot: int) -> int:
         seller = int(self.product_sellers[product, slot])
         if seller < 0:
