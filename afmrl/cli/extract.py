@@ -6,7 +6,8 @@ generated`` and ``afmrl index`` use, with its policy for malformed output (canon
 when malformed) -- so the column is exactly what they see. Resumable: finished shards are kept in
 ``--work-dir`` (default ``OUT.partial``) and a rerun after a kill continues from them. The output is
 a ``DatasetDict`` (``save_to_disk``) that ``load_catalog`` reads, built beside ``--out`` and swapped in
-when complete, with ``extraction.json``: rows, malformed outputs and seconds per split.
+when complete, with ``extraction.json``: rows, malformed outputs and seconds per split. A train
+split's second listing (``pos_image`` / ``pos_title``) gets its own column ``pos_<column>``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--splits", nargs="+", default=None, help="only these splits get the column (default: all)"
     )
     add_batch_arguments(parser, DEFAULT_GENERATION_BATCH_SIZE, "listings per generate call")
+    parser.add_argument(
+        "--no-pos-view",
+        action="store_true",
+        help="do not also extract the second listing of train pairs (pos_image/pos_title -> "
+        "pos_<column>, the attributes training appends to that view)",
+    )
     parser.add_argument(
         "--work-dir", default=None, help="finished shards, for resuming (default: OUT.partial)"
     )
@@ -85,29 +92,41 @@ def run(args: argparse.Namespace) -> int:
                 result[name] = split
                 continue
             t0 = time.perf_counter()
-            generated = generate_attributes(
-                model,
-                split,
-                work_dir=work / name,
-                batch_size=args.batch_size,
-                max_new_tokens=args.max_new_tokens,
-                desc=f"extract {name}",
-                show_progress=not args.no_progress,
-            )
-            if args.attributes_column in split.column_names:
-                split = split.remove_columns(args.attributes_column)
-            result[name] = split.add_column(args.attributes_column, generated.texts)
-            report[name] = {
-                "rows": len(generated.texts),
-                "malformed": generated.num_invalid,
-                "resumed_rows": generated.resumed_rows,
-                "seconds": round(time.perf_counter() - t0, 1),
-            }
-            print(
-                f"[extract] {name}: {len(generated.texts)} rows, {generated.num_invalid} malformed "
-                f"outputs (empty text), {generated.resumed_rows} resumed",
-                flush=True,
-            )
+            report[name] = {}
+            views = [("", "image", "title")]
+            if not args.no_pos_view and {"pos_image", "pos_title"} <= set(split.column_names):
+                # The second view of a pair may show another listing (cross-seller pairs): it
+                # gets its own attributes, which training appends to that view.
+                views.append(("pos_", "pos_image", "pos_title"))
+            for prefix, image_column, title_column in views:
+                column = f"{prefix}{args.attributes_column}"
+                generated = generate_attributes(
+                    model,
+                    split,
+                    work_dir=work / f"{name}{'-pos' if prefix else ''}",
+                    batch_size=args.batch_size,
+                    max_new_tokens=args.max_new_tokens,
+                    image_column=image_column,
+                    title_column=title_column,
+                    desc=f"extract {name} {image_column}",
+                    show_progress=not args.no_progress,
+                )
+                if column in split.column_names:
+                    split = split.remove_columns(column)
+                split = split.add_column(column, generated.texts)
+                report[name][column] = {
+                    "rows": len(generated.texts),
+                    "malformed": generated.num_invalid,
+                    "resumed_rows": generated.resumed_rows,
+                }
+                print(
+                    f"[extract] {name} -> {column}: {len(generated.texts)} rows, "
+                    f"{generated.num_invalid} malformed outputs (empty text), "
+                    f"{generated.resumed_rows} resumed",
+                    flush=True,
+                )
+            report[name]["seconds"] = round(time.perf_counter() - t0, 1)
+            result[name] = split
     with building(out) as stage:
         DatasetDict(result).save_to_disk(str(stage))
         write_json_atomic(

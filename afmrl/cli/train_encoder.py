@@ -43,7 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder for the trained checkpoint")
     loss = parser.add_argument_group("loss")
     add_fields(loss, AGCLArguments, "loss", "weighting", "false_negatives", "delta",
-               "attribute_overlap", "bm25_statistics")  # fmt: skip
+               "attribute_overlap", "bm25_statistics", "bm25_normalization", "bm25_scale",
+               "weight_strength", "false_negative_handling")  # fmt: skip
+    loss.add_argument(
+        "--attribute-keys",
+        nargs="+",
+        default=None,
+        metavar="KEY",
+        help="attribute keys the weighting and the attribute filters read (default: all)",
+    )
     data = parser.add_argument_group("data")
     data.add_argument(
         "--attributes",
@@ -52,13 +60,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="attributes appended to the listing text (default: none, titles only)",
     )
     data.add_argument(
+        "--pos-attributes",
+        default=None,
+        metavar="COLUMN",
+        dest="pos_text_attributes_column",
+        help="attributes appended to the second view's text (default: pos_<column> of "
+        "--attributes when the data has it, e.g. pos_teacher_attributes)",
+    )
+    data.add_argument(
         "--loss-attributes",
         default=None,
         metavar="teacher|COLUMN",
         help="attributes the AGCL loss reads (default: --attributes, else teacher_attributes)",
     )
     add_column_mapping(data)
-    add_fields(data, AGCLArguments, "augment_second_view", "batch_sampler", flags=FLAGS)
+    add_fields(data, AGCLArguments, "augment_second_view", "batch_sampler", "hard_fraction",
+               "sampler_group_size", flags=FLAGS)  # fmt: skip
     train = parser.add_argument_group("training")
     add_fields(
         train,

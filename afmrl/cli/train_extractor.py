@@ -22,7 +22,6 @@ from afmrl.cli.arguments import (
     settings_from_args,
     training_output,
 )
-from afmrl.errors import UserError
 from trainers.extractor_sft.arguments import ExtractorSFTArguments
 
 
@@ -83,9 +82,10 @@ def run(args: argparse.Namespace) -> int:
     from afmrl.models import load_model
     from afmrl.runtime import torch_settings
 
-    data = load_catalog(args.data, columns=parse_column_mapping(args.column))
-    if "train" not in data:
-        raise UserError(f"--data {args.data} has no train split (splits: {list(data)})")
+    # Only what this command uses: train, plus the validation splits for --eval (never the test
+    # splits, which are reserved for final numbers).
+    wanted = ["train"] + (["validation_query", "validation_gallery"] if args.eval else [])
+    data = load_catalog(args.data, columns=parse_column_mapping(args.column), splits=wanted)
     model = load_model(args.model, need_extractor=True, what="--model")
     with torch_settings(args.threads, flush_denormal=True):
         import torch

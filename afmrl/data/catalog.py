@@ -44,7 +44,9 @@ SPLITS: tuple[str, ...] = TRAIN_SPLITS + EVAL_SPLITS
 
 #: Required and optional columns per kind of split (the data contract).
 TRAIN_REQUIRED: tuple[str, ...] = ("listing_id", "image", "title")
-TRAIN_OPTIONAL: tuple[str, ...] = ("pos_image", "pos_title", "teacher_attributes")
+TRAIN_OPTIONAL: tuple[str, ...] = (
+    "pos_image", "pos_title", "teacher_attributes", "pos_teacher_attributes",
+)  # fmt: skip
 EVAL_REQUIRED: tuple[str, ...] = ("listing_id", "product_id", "image", "title")
 EVAL_OPTIONAL: tuple[str, ...] = ("family_id", "teacher_attributes", "gold_attributes")
 

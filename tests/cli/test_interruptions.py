@@ -115,6 +115,7 @@ def test_ctrl_c_in_index_leaves_resumable_batches(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_in_extract_leaves_resumable_shards(tmp_path):
     from afmrl.cli import main
+    from afmrl.data import load_catalog
 
     out = tmp_path / "extracted"
     args = ["extract", "--model", saved_untrained_llava_checkpoint(), "--data", tiny_catalog(),
@@ -130,7 +131,8 @@ def test_ctrl_c_in_extract_leaves_resumable_shards(tmp_path):
     assert not out.exists()
     assert main([*args, "--no-progress"]) == 0
     report = json.loads((out / "extraction.json").read_text())
-    assert report["splits"]["train"]["resumed_rows"] >= 4
+    assert report["splits"]["train"]["attributes"]["resumed_rows"] >= 4
+    assert len(load_catalog(out)["train"]["pos_attributes"]) == len(load_catalog(out)["train"])
 
 
 @pytest.mark.slow

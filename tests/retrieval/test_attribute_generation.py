@@ -21,12 +21,13 @@ from types import SimpleNamespace
 import pytest
 from tiny_models import REPO, sft_config, tiny_catalog, tiny_llava_model
 
-GEN = {"max_new_tokens": 6}
+GEN = {"max_new_tokens": 16}
 
 
 @functools.lru_cache(maxsize=1)
 def trained_llava_checkpoint() -> str:
-    """The tiny extractor after 15 SFT steps (an untrained one emits only end tokens), saved once."""
+    """The tiny extractor after 200 SFT steps (it then writes real attributes, cut short by small
+    generation budgets: a mix of well-formed and malformed outputs), saved once."""
     import torch
     from datasets import load_from_disk
 
@@ -38,7 +39,7 @@ def trained_llava_checkpoint() -> str:
     try:
         model = tiny_llava_model()
         split = load_from_disk(tiny_catalog())["train"]
-        config = sft_config(path, max_steps=15)
+        config = sft_config(path, max_steps=200, learning_rate=5e-3)
         train_extractor(model.extractor, model.processor.extractor_processor, split, config, None)
         model.save_pretrained(path / "model")
     finally:
@@ -146,7 +147,7 @@ def test_killed_generation_resumes_to_the_uninterrupted_column(tmp_path):
 
         model.extract_attributes = counted
         generate_attributes(model, rows, work_dir={str(work)!r}, batch_size=4,
-                            show_progress=False, max_new_tokens=6)
+                            show_progress=False, max_new_tokens=16)
         """
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
@@ -182,7 +183,7 @@ def test_extract_evaluate_and_index_see_the_same_attributes(tmp_path):
     from afmrl.io import ShardFolder
 
     ckpt, cat = trained_llava_checkpoint(), tiny_catalog()
-    common = ["--model", ckpt, "--data", cat, "--batch-size", "4", "--max-new-tokens", "6",
+    common = ["--model", ckpt, "--data", cat, "--batch-size", "4", "--max-new-tokens", "16",
               "--no-progress"]  # fmt: skip
     extracted = tmp_path / "extracted"
     proc = _run("extract", *common, "--out", str(extracted), "--splits", "query", "gallery")
@@ -216,7 +217,7 @@ def test_cli_adds_the_column_and_counts_malformed_outputs(tmp_path):
     proc = _run(
         "extract", "--model", trained_llava_checkpoint(), "--data", tiny_catalog(), "--out", str(out),
         "--attributes-column", "gen_attrs", "--splits", "validation_query", "query",
-        "--batch-size", "8", "--max-new-tokens", "6", "--threads", "1",
+        "--batch-size", "8", "--max-new-tokens", "16", "--threads", "1",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = load_catalog(out)
@@ -226,8 +227,8 @@ def test_cli_adds_the_column_and_counts_malformed_outputs(tmp_path):
     for split in ("validation_query", "query"):
         texts = data[split]["gen_attrs"]
         assert len(texts) == len(source[split])
-        assert report["splits"][split]["rows"] == len(texts)
-        assert report["splits"][split]["malformed"] == sum(not t for t in texts)
+        assert report["splits"][split]["gen_attrs"]["rows"] == len(texts)
+        assert report["splits"][split]["gen_attrs"]["malformed"] == sum(not t for t in texts)
     assert "gen_attrs" not in data["train"].column_names
     assert not Path(str(out) + ".partial").exists()  # work shards removed after success
 
@@ -271,3 +272,18 @@ def test_attribute_scores_and_table():
     assert lines[-1] == "| valid format | 0.500 | 0.500 |"
     with pytest.raises(ValueError, match="'missing'"):
         score_column(data, "missing")
+
+
+@pytest.mark.slow
+def test_cli_extracts_the_second_listing_of_train_pairs(tmp_path):
+    from afmrl.cli import main
+    from afmrl.data import load_catalog
+
+    out = tmp_path / "with_attrs"
+    code = main(["extract", "--model", trained_llava_checkpoint(), "--data", tiny_catalog(),
+                 "--out", str(out), "--attributes-column", "gen", "--splits", "train",
+                 "--batch-size", "16", "--max-new-tokens", "4", "--threads", "1", "--no-progress"])  # fmt: skip
+    assert code == 0
+    train = load_catalog(out, splits=["train"])["train"]
+    assert len(train["gen"]) == len(train["pos_gen"]) == len(train)
+    assert list(train["pos_gen"]) != list(train["gen"])  # another listing, its own attributes

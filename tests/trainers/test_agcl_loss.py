@@ -298,3 +298,142 @@ def test_attributes_agree_rule():
     assert attributes_agree(a, {"category": "mug", "colour": "navy"}, min_overlap=0.6)
     with pytest.raises(ValueError, match="min_overlap"):
         attributes_agree(a, a, 1.5)
+
+
+# ---------------------------------------------------------------------------------- options
+
+
+def test_self_scores_are_the_bm25_diagonal_and_normalisation_divides_rows():
+    from trainers.agcl.bm25 import bm25_self_scores, normalize_bm25
+
+    rng = random.Random(11)
+    docs = [attribute_terms(a) for a in random_attributes(rng, 10)]
+    for stats in (None, bm25_statistics(docs + docs[:3])):
+        full = bm25_matrix(docs, docs, stats)
+        assert torch.allclose(bm25_self_scores(docs, stats), full.diagonal(), atol=1e-12)
+    full = bm25_matrix(docs, docs)
+    norm = normalize_bm25(full, full.diagonal())
+    for i, terms in enumerate(docs):
+        if terms:
+            assert norm[i, i].item() == pytest.approx(1.0)
+            assert torch.allclose(norm[i], full[i] / full[i, i])
+        else:
+            assert (norm[i] == 0).all()
+
+
+def test_self_normalisation_separates_twins_from_same_category_listings():
+    """Raw BM25 of key=value terms saturates the tanh for any same-category pair; divided by the
+    anchor's self-score, an attribute twin stays close to 1 and a category-only match drops."""
+    anchor = "category: mug; brand: acme; colour: navy; pattern: plain; size: m; count: 1"
+    twin = anchor.replace("colour: navy", "colour: red")
+    cousin = "category: mug; brand: zeta; colour: green; pattern: plain; size: m; count: 1"
+    others = [f"category: shoe; brand: b{i}; colour: c{i}; size: s{i}" for i in range(5)]
+    attrs = [anchor, twin, cousin, *others]
+    q = torch.randn(len(attrs), 4)
+    paper = AGCLLoss("agcl", "bm25", "none")(q, q, attrs, logit_scale=1.0).log_weights
+    normed = AGCLLoss("agcl", "bm25", "none", bm25_normalization="self", bm25_scale=2.0)(
+        q, q, attrs, logit_scale=1.0
+    ).log_weights
+    assert paper[0, 1] - paper[0, 2] < 0.03  # saturated: twin and cousin look alike
+    assert normed[0, 1] - normed[0, 2] > max(0.05, 20 * (paper[0, 1] - paper[0, 2]))
+    assert normed[0, 0] > normed[0, 1] > normed[0, 2] > normed[0, 3]
+
+
+def test_weight_options_match_a_hand_computation():
+    from trainers.agcl.loss import weighted_info_nce_rows
+
+    rng = random.Random(2)
+    n = 8
+    attrs = random_attributes(rng, n)
+    q, c = torch.randn(n, 6, dtype=torch.float64), torch.randn(n, 6, dtype=torch.float64)
+    keys = ("category", "colour", "size")
+    fn = AGCLLoss(
+        "agcl", "bm25", "none", bm25_normalization="self", bm25_scale=0.7, weight_strength=1.5,
+        attribute_keys=keys,
+    )  # fmt: skip
+    out = fn(q, c, attrs, logit_scale=3.0)
+    dicts = [{k: v for k, v in parse_attributes(a).attributes.items() if k in keys} for a in attrs]
+    terms = [attribute_terms(d) for d in dicts]
+    stats = bm25_statistics(terms)
+    expected = torch.zeros(n, n, dtype=torch.float64)
+    for i in range(n):
+        own = bm25_score(terms[i], terms[i], stats)
+        for j in range(n):
+            x = bm25_score(terms[i], terms[j], stats) / own if own > 0 else 0.0
+            expected[i, j] = 1.5 * (1 + math.tanh(0.7 * x))
+    assert torch.allclose(out.log_weights, expected, atol=1e-9)
+    logits = 3.0 * F.normalize(q, dim=-1) @ F.normalize(c, dim=-1).T
+    ref = (
+        weighted_info_nce_rows(logits, expected).mean()
+        + weighted_info_nce_rows(logits.T, expected.T).mean()
+    ) / 2
+    assert torch.allclose(out.loss, ref, atol=1e-9)
+    # Restricting the keys equals handing the loss the restricted attribute strings.
+    plain = AGCLLoss("agcl", "bm25", "attributes", bm25_normalization="self", bm25_scale=0.7,
+                     weight_strength=1.5)  # fmt: skip
+    restricted = plain(q, c, [render_attributes(d) for d in dicts], logit_scale=3.0)
+    assert torch.allclose(restricted.log_weights, expected, atol=1e-9)
+    with pytest.raises(ValueError, match="bm25_normalization"):
+        AGCLLoss("agcl", bm25_normalization="max")
+    with pytest.raises(TypeError, match="attribute_keys"):
+        AGCLLoss("agcl", attribute_keys="colour")
+
+
+def test_margin_compatible_spares_negatives_whose_attributes_conflict():
+    from trainers.agcl.loss import attribute_conflicts, margin_false_negatives
+
+    attrs = [
+        "category: mug; colour: navy; size: m",
+        "category: mug; colour: red; size: m",  # twin of 0: conflicts on colour
+        "category: mug; colour: navy",  # compatible with 0 (size unstated)
+        "",  # no attributes: never conflicts
+    ]
+    dicts = [parse_attributes(a).attributes for a in attrs]
+    conflicts = attribute_conflicts(dicts, dicts)
+    assert conflicts[0, 1] and conflicts[1, 0] and conflicts[1, 2]
+    assert not conflicts[0, 2] and not conflicts[0, 3] and not conflicts.diagonal().any()
+    # Every negative outscores its anchor's positive: the margin filter fires everywhere.
+    q = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.95, 0.05], [0.8, 0.2]])
+    c = torch.tensor([[0.0, 1.0], [0.1, -1.0], [-1.0, 0.0], [0.3, -1.0]])
+    margin = AGCLLoss("agcl", "none", "margin", delta=0.0)(q, c, attrs, logit_scale=1.0)
+    compat = AGCLLoss("agcl", "none", "margin_compatible", delta=0.0)(q, c, attrs, logit_scale=1.0)
+    sim = F.normalize(q, dim=-1) @ F.normalize(c, dim=-1).T
+    assert torch.equal(margin.mask, margin_false_negatives(sim, 0.0))
+    assert torch.equal(compat.mask, margin.mask & ~conflicts)
+    assert torch.equal(compat.mask_t, margin.mask_t & ~conflicts.T)
+    assert margin.mask[0, 1] and not compat.mask[0, 1]
+
+
+def test_attraction_turns_flagged_false_negatives_into_positives():
+    from trainers.agcl.loss import attracted_info_nce_rows, weighted_info_nce_rows
+
+    torch.manual_seed(4)
+    logits = torch.randn(5, 5, dtype=torch.float64)
+    none = torch.zeros(5, 5, dtype=torch.bool)
+    # Nothing flagged: plain (weighted) InfoNCE.
+    lw = torch.rand(5, 5, dtype=torch.float64)
+    assert torch.allclose(
+        attracted_info_nce_rows(logits, lw, none), weighted_info_nce_rows(logits, lw)
+    )
+    # Anchor 0 with candidate 3 flagged: mean of the two cross-entropies, full denominator.
+    flagged = none.clone()
+    flagged[0, 3] = True
+    rows = attracted_info_nce_rows(logits, None, flagged)
+    lse = torch.logsumexp(logits[0], 0)
+    assert rows[0].item() == pytest.approx(((lse - logits[0, 0]) + (lse - logits[0, 3])).item() / 2)
+    assert torch.allclose(rows[1:], weighted_info_nce_rows(logits, None)[1:])
+    # Through AGCLLoss: an attribute twin pair is pulled together instead of left out.
+    attrs = ["category: mug; colour: navy", "category: mug; colour: navy", "category: shoe"]
+    q = torch.randn(3, 4, requires_grad=True)
+    c = torch.randn(3, 4)
+    out = AGCLLoss("agcl", "none", "attributes", false_negative_handling="attract")(
+        q, c, attrs, logit_scale=2.0
+    )
+    logits = 2.0 * F.normalize(q, dim=-1) @ F.normalize(c, dim=-1).T
+    expected = (
+        attracted_info_nce_rows(logits, None, out.mask).mean()
+        + attracted_info_nce_rows(logits.T, None, out.mask_t).mean()
+    ) / 2
+    assert out.mask[0, 1] and torch.allclose(out.loss, expected)
+    with pytest.raises(ValueError, match="false_negative_handling"):
+        AGCLLoss("agcl", false_negative_handling="ignore")

@@ -166,6 +166,86 @@ def test_attribute_sampler_groups_similar_listings():
         ListingBatchSampler(10, 4, "hard")
 
 
+def test_second_view_gets_its_own_attributes_when_the_data_has_them(caplog):
+    """Cross-seller pairs: the second view is another listing, so it gets that listing's
+    attributes (``pos_<column>``), not a copy of the first view's (a shortcut)."""
+    from tiny_models import tiny_dual_model
+
+    model = tiny_dual_model()
+    ds = tiny_listings(6)
+    ds = ds.add_column("pos_teacher_attributes", [f"category: bag; count: {i}" for i in range(6)])
+    config = AGCLConfig(output_dir="/tmp/unused", text_attributes_column="teacher_attributes",
+                        use_cpu=True)  # fmt: skip
+    columns = resolve_columns(config, ds.column_names)
+    assert columns["pos_text_attributes_column"] == "pos_teacher_attributes"
+    assert "pos_teacher_attributes" in columns["keep"]
+    collate = AGCLCollator(
+        model.processor,
+        text_attributes_column="teacher_attributes",
+        pos_text_attributes_column=columns["pos_text_attributes_column"],
+    )
+    batch = collate([ds[i] for i in range(3)])
+    tok = model.processor.tokenizer
+    first, second = (tok.decode(batch["input_ids"][i]) for i in (0, 3))
+    assert "colour : navy" in first and "count : 0" not in first
+    assert "count : 0" in second and "colour" not in second
+    # Without a pos_ column both views get the first one's attributes, with a warning.
+    plain = resolve_columns(config, tiny_listings(6).column_names)
+    assert plain["pos_text_attributes_column"] == "teacher_attributes"
+    with pytest.raises(ValueError, match="pos_text_attributes_column"):
+        resolve_columns(
+            AGCLConfig(
+                output_dir="/tmp/unused",
+                text_attributes_column="teacher_attributes",
+                pos_text_attributes_column="nope",
+                use_cpu=True,
+            ),
+            ds.column_names,
+        )
+
+
+def test_grouped_and_mixed_samplers():
+    rng = np.random.default_rng(1)
+    attrs = [
+        {"category": f"c{rng.integers(6)}", "colour": f"k{rng.integers(5)}", "size": f"s{i % 7}"}
+        for i in range(250)
+    ]
+
+    def same_category_share(sampler):
+        same = total = 0
+        for batch in sampler.batches(0)[:-1]:
+            cats = [attrs[i]["category"] for i in batch]
+            same += sum(a == b for k, a in enumerate(cats) for b in cats[k + 1 :])
+            total += len(cats) * (len(cats) - 1) // 2
+        return same / total
+
+    default = ListingBatchSampler(250, 16, "attributes", attrs, seed=2)
+    assert ListingBatchSampler(250, 16, "attributes", attrs, seed=2, group_size=16).order(0) == (
+        default.order(0)
+    )
+    grouped = ListingBatchSampler(250, 16, "attributes", attrs, seed=2, group_size=4)
+    assert sorted(grouped.order(0)) == list(range(250))
+    for batch in grouped.batches(0)[:-1]:
+        for g in range(0, 16, 4):
+            group = [attrs[i]["category"] for i in batch[g : g + 4]]
+            assert len(set(group)) <= 2  # a run of sorted neighbours (one boundary at most)
+    shares = {}
+    for frac in (0.0, 0.5, 1.0):
+        mixed = ListingBatchSampler(250, 16, "mixed", attrs, seed=2, hard_fraction=frac)
+        order = mixed.order(3)
+        assert sorted(order) == list(range(250)) and order == mixed.order(3)
+        shares[frac] = same_category_share(mixed)
+    assert (
+        ListingBatchSampler(250, 16, "mixed", attrs, seed=2, hard_fraction=1.0).batches(0)[:-1]
+        == default.batches(0)[:-1]
+    )
+    assert shares[0.0] < 0.3 < shares[0.5] < shares[1.0]
+    with pytest.raises(ValueError, match="hard_fraction"):
+        ListingBatchSampler(10, 4, "mixed", attrs[:10], hard_fraction=1.5)
+    with pytest.raises(ValueError, match="needs one attribute dict per item"):
+        ListingBatchSampler(10, 4, "mixed")
+
+
 # ------------------------------------------------------------------------------- model setup
 
 

@@ -12,9 +12,18 @@ from dataclasses import dataclass, field
 
 LOSSES: tuple[str, ...] = ("agcl", "infonce")
 WEIGHTINGS: tuple[str, ...] = ("bm25", "none")
-FALSE_NEGATIVE_FILTERS: tuple[str, ...] = ("margin", "attributes", "both", "none")
+FALSE_NEGATIVE_FILTERS: tuple[str, ...] = (
+    "margin",
+    "attributes",
+    "both",
+    "margin_compatible",
+    "none",
+)
+#: What happens to a flagged false negative: left out of the denominator, or pulled in as a positive.
+FALSE_NEGATIVE_HANDLING: tuple[str, ...] = ("remove", "attract")
+BM25_NORMALIZATIONS: tuple[str, ...] = ("none", "self")
 BM25_STATISTICS: tuple[str, ...] = ("batch", "corpus")
-BATCH_SAMPLERS: tuple[str, ...] = ("random", "attributes")
+BATCH_SAMPLERS: tuple[str, ...] = ("random", "attributes", "mixed")
 
 
 @dataclass
@@ -54,11 +63,49 @@ class AGCLArguments:
             "choices": BM25_STATISTICS,
         },
     )
+    bm25_normalization: str = field(
+        default="none",
+        metadata={
+            "help": "none (the paper), or self: BM25 divided by the anchor's self-score before the "
+            "tanh (raw BM25 over key=value terms saturates)",
+            "choices": BM25_NORMALIZATIONS,
+        },
+    )
+    bm25_scale: float = field(
+        default=1.0,
+        metadata={"help": "multiplier of the BM25 score inside the tanh", "check": "positive"},
+    )
+    weight_strength: float = field(
+        default=1.0,
+        metadata={"help": "multiplier of the log-weight 1 + tanh(...)", "check": "non_negative"},
+    )
+    attribute_keys: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "attribute keys the weighting and the attribute filters read (default: all)"
+        },
+    )
+    false_negative_handling: str = field(
+        default="remove",
+        metadata={
+            "help": "remove (the paper: flagged false negatives leave the denominator) or attract "
+            "(they stay and count as extra positives)",
+            "choices": FALSE_NEGATIVE_HANDLING,
+        },
+    )
     # ---- data
     text_attributes_column: str | None = field(
         default=None,
         metadata={
             "help": "column whose attributes are appended to the listing text (none: titles)"
+        },
+    )
+    pos_text_attributes_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "column whose attributes are appended to the second view's text (default: "
+            "pos_<text column> when present: with pairs of two listings, the second listing's own "
+            "attributes; one shared string would let the model match a pair without looking)"
         },
     )
     loss_attributes_column: str | None = field(
@@ -82,6 +129,20 @@ class AGCLArguments:
     batch_sampler: str = field(
         default="random",
         metadata={"help": "which listings share a batch", "choices": BATCH_SAMPLERS},
+    )
+    hard_fraction: float = field(
+        default=0.5,
+        metadata={
+            "help": "mixed sampler: share of a batch that is one run of attribute neighbours",
+            "check": "fraction",
+        },
+    )
+    sampler_group_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "attributes sampler: neighbours per group (default: one run per batch)",
+            "check": "positive",
+        },
     )
     # ---- what is trained
     train_vision_blocks: int = field(
@@ -158,8 +219,10 @@ class AGCLArguments:
 
 __all__ = [
     "BATCH_SAMPLERS",
+    "BM25_NORMALIZATIONS",
     "BM25_STATISTICS",
     "FALSE_NEGATIVE_FILTERS",
+    "FALSE_NEGATIVE_HANDLING",
     "LOSSES",
     "WEIGHTINGS",
     "AGCLArguments",

@@ -144,6 +144,42 @@ def bm25_matrix(
     return q_tf @ d_weight.T
 
 
+def bm25_self_scores(
+    documents: Sequence[Sequence[str]],
+    stats: BM25Statistics | None = None,
+    k1: float = BM25_K1,
+    b: float = BM25_B,
+) -> torch.Tensor:
+    """``[N]`` float64: BM25 of each term list against itself as a document.
+
+    ``stats`` defaults to the documents' own statistics. Equals the diagonal of
+    ``bm25_matrix(documents, documents, stats)``; 0 for an empty term list.
+    """
+    stats = bm25_statistics(documents) if stats is None else stats
+    n = len(documents)
+    vocab: dict[str, int] = {}
+    for terms in documents:
+        for t in terms:
+            vocab.setdefault(t, len(vocab))
+    if n == 0 or not vocab or stats.average_length <= 0:
+        return torch.zeros(n, dtype=torch.float64)
+    tf = _term_counts(documents, vocab)
+    idf = torch.tensor([bm25_idf(t, stats) for t in vocab], dtype=torch.float64)
+    norm = k1 * (1.0 - b + b * tf.sum(dim=1, keepdim=True) / stats.average_length)
+    return (tf * idf * tf * (k1 + 1.0) / (tf + norm)).sum(dim=1)
+
+
+def normalize_bm25(bm25: torch.Tensor, self_scores: torch.Tensor) -> torch.Tensor:
+    """Row-normalised BM25: ``bm25[i, j] / self_scores[i]`` (``[Q, D]``, ``[Q]`` -> ``[Q, D]``).
+
+    ``self_scores[i]`` is anchor ``i``'s BM25 against itself, so a candidate stating the same
+    attributes scores about 1 and one sharing fewer (or rarer) terms proportionally less. A row
+    whose anchor has no attribute (self-score 0) gives 0.
+    """
+    denom = self_scores.to(bm25.dtype).unsqueeze(1)
+    return torch.where(denom > 0, bm25 / denom.clamp(min=1e-12), torch.zeros_like(bm25))
+
+
 def _term_counts(docs: Sequence[Sequence[str]], vocab: Mapping[str, int]) -> torch.Tensor:
     rows = [i for i, terms in enumerate(docs) for _ in terms]
     cols = [vocab[t] for terms in docs for t in terms]
@@ -166,5 +202,7 @@ __all__ = [
     "bm25_matrix",
     "bm25_score",
     "bm25_scores",
+    "bm25_self_scores",
     "bm25_statistics",
+    "normalize_bm25",
 ]

@@ -16,11 +16,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from transformers.utils import logging
+
 from afmrl.errors import UserError
 from modeling_afmrl.attributes import canonical_attribute_text
 
 from .arguments import AGCLArguments
 from .loss import AGCLLoss
+
+logger = logging.get_logger(__name__)
 
 
 class SecondViewAugmentation:
@@ -45,7 +49,9 @@ class AGCLCollator:
 
     Args:
         processor: the model's ``AFMRLProcessor``.
-        text_attributes_column: attributes appended to both views' text (``None``: titles only).
+        text_attributes_column: attributes appended to the first view's text (``None``: titles only).
+        pos_text_attributes_column: attributes appended to the second view's text (default:
+            ``text_attributes_column``; ignored when augmenting, where both views are one listing).
         loss_attributes_column: attributes handed to the loss.
         augment: make the second view by augmentation instead of reading the ``pos_*`` columns.
     """
@@ -55,6 +61,7 @@ class AGCLCollator:
         processor,
         text_attributes_column: str | None = None,
         loss_attributes_column: str | None = None,
+        pos_text_attributes_column: str | None = None,
         image_column: str = "image",
         title_column: str = "title",
         pos_image_column: str = "pos_image",
@@ -64,6 +71,7 @@ class AGCLCollator:
     ):
         self.processor = processor
         self.text_attributes_column = text_attributes_column
+        self.pos_text_attributes_column = pos_text_attributes_column
         self.loss_attributes_column = loss_attributes_column
         self.image_column, self.title_column = image_column, title_column
         self.pos_image_column, self.pos_title_column = pos_image_column, pos_title_column
@@ -87,9 +95,15 @@ class AGCLCollator:
             ]
         attributes = None
         if self.text_attributes_column is not None:
-            attributes = [
+            first = [
                 canonical_attribute_text(self._get(r, self.text_attributes_column)) for r in rows
-            ] * 2
+            ]
+            pos_col = self.pos_text_attributes_column
+            if self.augment or pos_col is None:
+                second = first
+            else:
+                second = [canonical_attribute_text(self._get(r, pos_col)) for r in rows]
+            attributes = first + second
         batch = dict(
             self.processor(
                 images=images + pos_images,
@@ -118,7 +132,8 @@ class AGCLCollator:
 
 def resolve_columns(config: AGCLArguments, column_names: Sequence[str]) -> dict[str, Any]:
     """Check the training columns against the config; returns the columns to keep and the resolved
-    ``loss_attributes_column`` / ``augment`` settings. Errors name the missing column."""
+    ``loss_attributes_column`` / ``pos_text_attributes_column`` / ``augment`` settings. Errors name
+    the missing column."""
     names = set(column_names)
     for name in (config.image_column, config.title_column):
         if name not in names:
@@ -137,6 +152,22 @@ def resolve_columns(config: AGCLArguments, column_names: Sequence[str]) -> dict[
             f"attribute column {text_col!r} (text_attributes_column) is not in the training data "
             f"(columns: {sorted(names)})"
         )
+    pos_text_col = config.pos_text_attributes_column
+    if pos_text_col is not None and pos_text_col not in names:
+        raise UserError(
+            f"attribute column {pos_text_col!r} (pos_text_attributes_column) is not in the "
+            f"training data (columns: {sorted(names)})"
+        )
+    if text_col is not None and pos_text_col is None and not augment:
+        pos_text_col = f"pos_{text_col}" if f"pos_{text_col}" in names else text_col
+        if pos_text_col == text_col:
+            logger.warning(
+                "appending %r to both views of a pair: right when both views are one listing; "
+                "with pairs of two listings give the second one's attributes "
+                "(pos_text_attributes_column, or a pos_%s column)",
+                text_col,
+                text_col,
+            )
     loss_col = config.loss_attributes_column
     if loss_col is None:
         loss_col = text_col or ("teacher_attributes" if "teacher_attributes" in names else None)
@@ -153,14 +184,16 @@ def resolve_columns(config: AGCLArguments, column_names: Sequence[str]) -> dict[
             "teacher_attributes column: set loss_attributes_column, or use weighting='none' "
             "with false_negatives='margin' or 'none'"
         )
-    if config.batch_sampler == "attributes" and loss_col is None:
-        raise UserError("batch_sampler='attributes' needs an attribute column")
-    keep = [config.image_column, config.title_column, text_col, loss_col, "listing_id"]
+    if config.batch_sampler in ("attributes", "mixed") and loss_col is None:
+        raise UserError(f"batch_sampler={config.batch_sampler!r} needs an attribute column")
+    keep = [config.image_column, config.title_column, text_col, pos_text_col, loss_col]
+    keep.append("listing_id")
     if not augment:
         keep += [config.pos_image_column, config.pos_title_column]
     return {
         "keep": [c for c in dict.fromkeys(keep) if c is not None and c in names],
         "loss_attributes_column": loss_col,
+        "pos_text_attributes_column": pos_text_col,
         "augment": augment,
     }
 

@@ -15,8 +15,10 @@ from transformers import TrainingArguments
 
 from .arguments import (
     BATCH_SAMPLERS,
+    BM25_NORMALIZATIONS,
     BM25_STATISTICS,
     FALSE_NEGATIVE_FILTERS,
+    FALSE_NEGATIVE_HANDLING,
     LOSSES,
     WEIGHTINGS,
     AGCLArguments,
@@ -32,22 +34,40 @@ class AGCLConfig(AGCLArguments, TrainingArguments):
     Loss:
         loss (`str`, defaults to `"agcl"`): `"agcl"` or `"infonce"` (plain CLIP loss).
         weighting (`str`, *optional*): `"bm25"` or `"none"`; defaults to `"bm25"` for agcl.
-        false_negatives (`str`, *optional*): `"margin"`, `"attributes"`, `"both"` or `"none"`;
+        false_negatives (`str`, *optional*): `"margin"`, `"attributes"`, `"both"`,
+            `"margin_compatible"` (margin hits whose attributes do not conflict) or `"none"`;
             defaults to `"both"` for agcl.
         delta (`float`): margin of the margin filter (cosine similarity).
         attribute_overlap (`float`): share of keys two listings must both state for the
             attribute filter.
         bm25_statistics (`str`): `"batch"` or `"corpus"` (the training column's statistics).
+        bm25_normalization (`str`): `"none"` (paper) or `"self"` (BM25 divided by the anchor's
+            self-score before the tanh).
+        bm25_scale (`float`): multiplier of the BM25 score inside the tanh.
+        weight_strength (`float`): multiplier of the log-weight `1 + tanh(...)`.
+        attribute_keys (`list[str]`, *optional*): attribute keys the weighting and the attribute
+            filters read (default: all).
+        false_negative_handling (`str`): `"remove"` (paper: flagged false negatives leave the
+            denominator) or `"attract"` (they stay and count as extra positives).
 
     Data:
         text_attributes_column (`str`, *optional*): column whose attributes are appended to the
             listing text (`None`: titles only).
+        pos_text_attributes_column (`str`, *optional*): column whose attributes are appended to
+            the second view's text; defaults to `pos_<text_attributes_column>` when the data has it
+            (pairs of two listings: the other listing's own attributes), else the first view's
+            column (right only when both views show the same listing).
         loss_attributes_column (`str`, *optional*): column the loss reads attributes from;
             defaults to `text_attributes_column`, else `teacher_attributes` when the data has it.
         image_column, title_column, pos_image_column, pos_title_column (`str`): column names.
         augment_second_view (`bool`, *optional*): make the second view by augmentation; defaults
             to True exactly when the data has no `pos_image_column`.
-        batch_sampler (`str`): `"random"` or `"attributes"` (see `trainers.agcl.sampler`).
+        batch_sampler (`str`): `"random"`, `"attributes"` or `"mixed"` (see
+            `trainers.agcl.sampler`).
+        hard_fraction (`float`): `mixed` sampler: share of a batch that is one run of attribute
+            neighbours.
+        sampler_group_size (`int`, *optional*): `attributes` sampler: neighbours per group
+            (default: the global batch size, i.e. one run per batch).
 
     Model:
         train_vision_blocks / train_text_layers (`int`): how many of the last vision blocks / text
@@ -73,6 +93,14 @@ class AGCLConfig(AGCLArguments, TrainingArguments):
             _check_choice("false_negatives", self.false_negatives, FALSE_NEGATIVE_FILTERS)
         _check_choice("bm25_statistics", self.bm25_statistics, BM25_STATISTICS)
         _check_choice("batch_sampler", self.batch_sampler, BATCH_SAMPLERS)
+        _check_choice("bm25_normalization", self.bm25_normalization, BM25_NORMALIZATIONS)
+        _check_choice(
+            "false_negative_handling", self.false_negative_handling, FALSE_NEGATIVE_HANDLING
+        )
+        if not 0.0 <= self.hard_fraction <= 1.0:
+            raise ValueError(f"hard_fraction must be in [0, 1], got {self.hard_fraction}")
+        if self.sampler_group_size is not None and self.sampler_group_size < 1:
+            raise ValueError(f"sampler_group_size must be >= 1, got {self.sampler_group_size}")
         if not 0.0 <= self.attribute_overlap <= 1.0:
             raise ValueError(f"attribute_overlap must be in [0, 1], got {self.attribute_overlap}")
         for name in ("train_vision_blocks", "train_text_layers"):
@@ -103,6 +131,11 @@ class AGCLConfig(AGCLArguments, TrainingArguments):
             delta=self.delta,
             attribute_overlap=self.attribute_overlap,
             bm25_statistics=statistics,
+            bm25_normalization=self.bm25_normalization,
+            bm25_scale=self.bm25_scale,
+            weight_strength=self.weight_strength,
+            attribute_keys=self.attribute_keys,
+            false_negative_handling=self.false_negative_handling,
         )
 
 

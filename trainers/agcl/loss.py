@@ -29,6 +29,19 @@ Design decisions (``docs/design.md`` explains the method):
   without gradient at the full embedding size); ``attributes`` when the two attribute dicts agree
   on every shared key and share at least ``attribute_overlap`` of their keys
   (:func:`attributes_agree`); ``both`` masks when either rule fires; ``none``.
+* **Options the paper leaves open** (defaults = the paper's form above):
+  ``bm25_normalization="self"`` divides ``BM25(A_i, A_j)`` by the anchor's self-score
+  ``BM25(A_i, A_i)`` before the tanh (a listing agreeing on every term scores 1, an attribute twin
+  about ``(n-1)/n`` of the idf mass, a listing sharing only the category much less), fixing the
+  saturation of raw BM25 over ``key=value`` terms (two same-category listings already score
+  ``tanh > 0.9``); ``bm25_scale`` multiplies the score inside the tanh and ``weight_strength``
+  the whole log-weight (``log w = strength * (1 + tanh(scale * score))``); ``attribute_keys``
+  restricts the keys the weighting and the attribute filter read. The ``margin_compatible`` filter
+  masks a margin hit only when the two attribute dicts do not contradict each other (no shared key
+  with different values), so an attribute twin that outscores the positive (same seller, other
+  variant) stays a negative. ``false_negative_handling="attract"`` keeps flagged false negatives
+  in the denominator and pulls them in as extra positives (SupCon-style average over an anchor's
+  positives) instead of removing them (the paper's choice); see :func:`attracted_info_nce_rows`.
 * ``loss="infonce"`` turns weighting and filtering off: the plain symmetric CLIP / VLM2Vec loss
   through the same code path (``cross_entropy(l, arange)`` in both directions).
 
@@ -50,8 +63,23 @@ from modeling_afmrl.attributes import (
     parse_attributes,
 )
 
-from .arguments import FALSE_NEGATIVE_FILTERS, LOSSES, WEIGHTINGS
-from .bm25 import BM25_B, BM25_K1, BM25Statistics, attribute_terms, bm25_matrix
+from .arguments import (
+    BM25_NORMALIZATIONS,
+    FALSE_NEGATIVE_FILTERS,
+    FALSE_NEGATIVE_HANDLING,
+    LOSSES,
+    WEIGHTINGS,
+)
+from .bm25 import (
+    BM25_B,
+    BM25_K1,
+    BM25Statistics,
+    attribute_terms,
+    bm25_matrix,
+    bm25_self_scores,
+    bm25_statistics,
+    normalize_bm25,
+)
 
 #: An attribute string, a dict, or nothing, per listing.
 Attributes = str | Mapping[str, str] | None
@@ -60,6 +88,16 @@ Attributes = str | Mapping[str, str] | None
 # --------------------------------------------------------------------------------------------
 # Pure helpers
 # --------------------------------------------------------------------------------------------
+
+
+def select_attribute_keys(
+    attributes: Mapping[str, str], keys: Sequence[str] | None
+) -> dict[str, str]:
+    """The pairs of ``attributes`` whose key is in ``keys`` (all of them when ``keys`` is None)."""
+    if keys is None:
+        return dict(attributes)
+    wanted = set(keys)
+    return {k: v for k, v in attributes.items() if k in wanted}
 
 
 def attribute_dict(attributes: Attributes) -> dict[str, str]:
@@ -74,9 +112,12 @@ def attribute_dict(attributes: Attributes) -> dict[str, str]:
     raise TypeError(f"attributes must be strings, dicts or None, got {type(attributes).__name__}")
 
 
-def hard_negative_log_weights(bm25: torch.Tensor) -> torch.Tensor:
-    """``log w = 1 + tanh(BM25)``, i.e. ``w = exp(1 + tanh(BM25))`` in ``[e, e^2)`` for BM25 >= 0."""
-    return 1.0 + torch.tanh(bm25)
+def hard_negative_log_weights(
+    bm25: torch.Tensor, scale: float = 1.0, strength: float = 1.0
+) -> torch.Tensor:
+    """``log w = strength * (1 + tanh(scale * BM25))``; the paper's ``w = exp(1 + tanh(BM25))``
+    (in ``[e, e^2)`` for BM25 >= 0) at ``scale = strength = 1``. Same shape as ``bm25``."""
+    return strength * (1.0 + torch.tanh(scale * bm25))
 
 
 def margin_false_negatives(similarity: torch.Tensor, delta: float) -> torch.Tensor:
@@ -127,6 +168,26 @@ def attribute_false_negatives(
     return mask
 
 
+def attribute_conflicts(
+    query_attributes: Sequence[Mapping[str, str]],
+    candidate_attributes: Sequence[Mapping[str, str]],
+) -> torch.Tensor:
+    """``[B, B]`` bool: the two dicts state some shared key with different values.
+
+    The complement is "compatible as far as both say"; two listings with no shared key (or an
+    empty dict) never conflict. The diagonal is computed like any other entry.
+    """
+    n, m = len(query_attributes), len(candidate_attributes)
+    out = torch.zeros(n, m, dtype=torch.bool)
+    for i, a in enumerate(query_attributes):
+        if not a:
+            continue
+        for j, c in enumerate(candidate_attributes):
+            if c and any(a[k] != c[k] for k in a.keys() & c.keys()):
+                out[i, j] = True
+    return out
+
+
 def weighted_info_nce_rows(
     logits: torch.Tensor, log_weights: torch.Tensor | None = None, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -140,6 +201,25 @@ def weighted_info_nce_rows(
         eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
         z = z.masked_fill(mask.to(z.device) & ~eye, float("-inf"))
     return torch.logsumexp(z, dim=1) - z.diagonal()
+
+
+def attracted_info_nce_rows(
+    logits: torch.Tensor, log_weights: torch.Tensor | None, positives: torch.Tensor
+) -> torch.Tensor:
+    """Per-anchor loss ``[B]`` when flagged false negatives become extra positives (attraction).
+
+    ``positives[i, j]`` (``[B, B]`` bool; the diagonal is always a positive) marks the candidates
+    anchor ``i`` is pulled towards; every candidate stays in the denominator. Each positive
+    contributes its own cross-entropy term, averaged over the anchor's positives (SupCon's
+    ``L_out``): ``mean_{p in P_i} [logsumexp_j z_ij - z_ip]`` with ``z = logits + log w``. With only
+    the diagonal flagged this is exactly :func:`weighted_info_nce_rows` without a mask.
+    """
+    z = logits if log_weights is None else logits + log_weights.to(logits.dtype)
+    eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
+    pos = positives.to(z.device) | eye
+    lse = torch.logsumexp(z, dim=1, keepdim=True)
+    terms = (lse - z).masked_fill(~pos, 0.0)
+    return terms.sum(dim=1) / pos.sum(dim=1)
 
 
 def in_batch_accuracy(similarity: torch.Tensor) -> torch.Tensor:
@@ -188,12 +268,20 @@ class AGCLLoss(nn.Module):
     Args:
         loss: ``"agcl"`` or ``"infonce"`` (plain CLIP loss: no weighting, no filter).
         weighting: ``"bm25"`` or ``"none"`` (default: ``"bm25"`` for agcl).
-        false_negatives: ``"margin"``, ``"attributes"``, ``"both"`` or ``"none"`` (default:
-            ``"both"`` for agcl).
+        false_negatives: ``"margin"``, ``"attributes"``, ``"both"``, ``"margin_compatible"``
+            (margin hits whose attributes do not conflict) or ``"none"`` (default: ``"both"`` for
+            agcl).
         delta: margin of the ``margin`` filter, on cosine similarity.
         attribute_overlap: share of keys two listings must both state for the ``attributes`` filter.
         bm25_statistics: corpus statistics for BM25; ``None`` uses the batch's.
         bm25_k1, bm25_b: BM25 parameters.
+        bm25_normalization: ``"none"`` (paper) or ``"self"`` (divide by the anchor's self-score).
+        bm25_scale: multiplier of the (normalised) BM25 inside the tanh.
+        weight_strength: multiplier of the log-weight.
+        attribute_keys: keys the weighting and the attribute filters read (``None``: all).
+        false_negative_handling: ``"remove"`` (paper: masked out of the denominator) or
+            ``"attract"`` (kept in the denominator and treated as extra positives, see
+            :func:`attracted_info_nce_rows`).
     """
 
     def __init__(
@@ -206,6 +294,11 @@ class AGCLLoss(nn.Module):
         bm25_statistics: BM25Statistics | None = None,
         bm25_k1: float = BM25_K1,
         bm25_b: float = BM25_B,
+        bm25_normalization: str = "none",
+        bm25_scale: float = 1.0,
+        weight_strength: float = 1.0,
+        attribute_keys: Sequence[str] | None = None,
+        false_negative_handling: str = "remove",
     ):
         super().__init__()
         if loss not in LOSSES:
@@ -227,6 +320,17 @@ class AGCLLoss(nn.Module):
             )
         if not 0.0 <= attribute_overlap <= 1.0:
             raise ValueError(f"attribute_overlap must be in [0, 1], got {attribute_overlap!r}")
+        if bm25_normalization not in BM25_NORMALIZATIONS:
+            raise ValueError(
+                f"bm25_normalization must be one of {BM25_NORMALIZATIONS}, got {bm25_normalization!r}"
+            )
+        if false_negative_handling not in FALSE_NEGATIVE_HANDLING:
+            raise ValueError(
+                f"false_negative_handling must be one of {FALSE_NEGATIVE_HANDLING}, got "
+                f"{false_negative_handling!r}"
+            )
+        if isinstance(attribute_keys, str):
+            raise TypeError("attribute_keys must be a list of keys, not one string")
         self.loss_type = loss
         self.weighting = weighting
         self.false_negatives = false_negatives
@@ -235,17 +339,29 @@ class AGCLLoss(nn.Module):
         self.bm25_statistics = bm25_statistics
         self.bm25_k1 = float(bm25_k1)
         self.bm25_b = float(bm25_b)
+        self.bm25_normalization = bm25_normalization
+        self.bm25_scale = float(bm25_scale)
+        self.weight_strength = float(weight_strength)
+        self.attribute_keys = tuple(attribute_keys) if attribute_keys is not None else None
+        self.false_negative_handling = false_negative_handling
 
     @property
     def needs_attributes(self) -> bool:
-        return self.weighting == "bm25" or self.false_negatives in ("attributes", "both")
+        return self.weighting == "bm25" or self.false_negatives in (
+            "attributes",
+            "both",
+            "margin_compatible",
+        )
 
     def extra_repr(self) -> str:
         return (
             f"loss={self.loss_type}, weighting={self.weighting}, "
             f"false_negatives={self.false_negatives}, delta={self.delta}, "
             f"attribute_overlap={self.attribute_overlap}, "
-            f"bm25_statistics={'corpus' if self.bm25_statistics else 'batch'}"
+            f"bm25_statistics={'corpus' if self.bm25_statistics else 'batch'}, "
+            f"bm25_normalization={self.bm25_normalization}, bm25_scale={self.bm25_scale}, "
+            f"weight_strength={self.weight_strength}, attribute_keys={self.attribute_keys}, "
+            f"false_negative_handling={self.false_negative_handling}"
         )
 
     def forward(
@@ -281,36 +397,58 @@ class AGCLLoss(nn.Module):
             raise ValueError(f"matryoshka_dims must be in [1, {dim}], got {list(dims)}")
 
         log_w = log_w_t = None
+        conflicts = None
         mask = torch.zeros(n, n, dtype=torch.bool, device=query_embeds.device)
         mask_t = mask.clone()
         if self.needs_attributes:
             q_dicts, c_dicts = self._attribute_dicts(query_attributes, candidate_attributes, n)
             same_sides = c_dicts is q_dicts
+            if self.attribute_keys is not None:
+                q_dicts = [select_attribute_keys(a, self.attribute_keys) for a in q_dicts]
+                c_dicts = (
+                    q_dicts
+                    if same_sides
+                    else [select_attribute_keys(a, self.attribute_keys) for a in c_dicts]
+                )
             if self.weighting == "bm25":
                 q_terms = [attribute_terms(a) for a in q_dicts]
                 c_terms = q_terms if same_sides else [attribute_terms(a) for a in c_dicts]
                 bm25 = self._bm25(q_terms, c_terms)
                 bm25_t = bm25 if same_sides else self._bm25(c_terms, q_terms)
-                log_w = hard_negative_log_weights(bm25).to(query_embeds.device)
-                log_w_t = hard_negative_log_weights(bm25_t).to(query_embeds.device)
+                if self.bm25_normalization == "self":
+                    bm25 = normalize_bm25(bm25, self._self_scores(q_terms, c_terms))
+                    bm25_t = normalize_bm25(bm25_t, self._self_scores(c_terms, q_terms))
+                log_w = self._log_weights(bm25).to(query_embeds.device)
+                log_w_t = self._log_weights(bm25_t).to(query_embeds.device)
             if self.false_negatives in ("attributes", "both"):
                 attr = attribute_false_negatives(q_dicts, c_dicts, self.attribute_overlap)
                 mask |= attr.to(mask.device)
                 mask_t |= attr.T.to(mask.device)
+            if self.false_negatives == "margin_compatible":
+                conflicts = attribute_conflicts(q_dicts, c_dicts).to(mask.device)
 
         q = F.normalize(query_embeds, dim=-1)
         c = F.normalize(candidate_embeds, dim=-1)
         sim = q @ c.T
-        if self.false_negatives in ("margin", "both"):
-            mask |= margin_false_negatives(sim, self.delta)
-            mask_t |= margin_false_negatives(sim.T, self.delta)
+        if self.false_negatives in ("margin", "both", "margin_compatible"):
+            margin = margin_false_negatives(sim, self.delta)
+            margin_t = margin_false_negatives(sim.T, self.delta)
+            if conflicts is not None:
+                margin &= ~conflicts
+                margin_t &= ~conflicts.T
+            mask |= margin
+            mask_t |= margin_t
 
         losses = []
         for d in dims:
             s = sim if d == dim else F.normalize(q[:, :d], dim=-1) @ F.normalize(c[:, :d], dim=-1).T
             logits = logit_scale * s
-            rows = weighted_info_nce_rows(logits, log_w, mask).mean()
-            cols = weighted_info_nce_rows(logits.T, log_w_t, mask_t).mean()
+            if self.false_negative_handling == "attract":
+                rows = attracted_info_nce_rows(logits, log_w, mask).mean()
+                cols = attracted_info_nce_rows(logits.T, log_w_t, mask_t).mean()
+            else:
+                rows = weighted_info_nce_rows(logits, log_w, mask).mean()
+                cols = weighted_info_nce_rows(logits.T, log_w_t, mask_t).mean()
             losses.append((rows + cols) / 2)
         loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
         return AGCLLossOutput(
@@ -339,6 +477,16 @@ class AGCLLoss(nn.Module):
     def _bm25(self, queries, documents) -> torch.Tensor:
         return bm25_matrix(queries, documents, self.bm25_statistics, self.bm25_k1, self.bm25_b)
 
+    def _self_scores(self, anchors, documents) -> torch.Tensor:
+        """Anchors' BM25 against themselves, under the statistics their row is scored with."""
+        stats = self.bm25_statistics
+        if stats is None:
+            stats = bm25_statistics(documents)
+        return bm25_self_scores(anchors, stats, self.bm25_k1, self.bm25_b)
+
+    def _log_weights(self, scores: torch.Tensor) -> torch.Tensor:
+        return hard_negative_log_weights(scores, self.bm25_scale, self.weight_strength)
+
 
 def _dicts(attributes: Sequence[Attributes], n: int, name: str) -> list[dict[str, str]]:
     if isinstance(attributes, (str, Mapping)):
@@ -352,11 +500,15 @@ def _dicts(attributes: Sequence[Attributes], n: int, name: str) -> list[dict[str
 
 
 __all__ = [
+    "BM25_NORMALIZATIONS",
     "FALSE_NEGATIVE_FILTERS",
+    "FALSE_NEGATIVE_HANDLING",
     "LOSSES",
     "WEIGHTINGS",
     "AGCLLoss",
     "AGCLLossOutput",
+    "attracted_info_nce_rows",
+    "attribute_conflicts",
     "attribute_dict",
     "attribute_false_negatives",
     "attributes_agree",
@@ -364,5 +516,6 @@ __all__ = [
     "in_batch_accuracy",
     "margin_false_negatives",
     "masked_pairs",
+    "select_attribute_keys",
     "weighted_info_nce_rows",
 ]

@@ -120,6 +120,7 @@ class AGCLTrainer(Trainer):
             data_collator = AGCLCollator(
                 processor,
                 text_attributes_column=args.text_attributes_column,
+                pos_text_attributes_column=columns["pos_text_attributes_column"],
                 loss_attributes_column=self.loss_attributes_column
                 if self.loss_fn.needs_attributes or args.log_masked_pairs
                 else None,
@@ -170,8 +171,10 @@ class AGCLTrainer(Trainer):
             len(dataset),
             self.args.per_device_train_batch_size * max(1, self.args.world_size),
             mode=self.args.batch_sampler,
-            attributes=self._attribute_dicts if self.args.batch_sampler == "attributes" else None,
+            attributes=self._attribute_dicts if self.args.batch_sampler != "random" else None,
             seed=self.args.seed,
+            hard_fraction=self.args.hard_fraction,
+            group_size=self.args.sampler_group_size,
         )
         return self._sampler
 
@@ -282,7 +285,10 @@ class AGCLTrainer(Trainer):
     def _training_summary(self) -> dict[str, Any]:
         keys = (
             "loss", "weighting", "false_negatives", "delta", "attribute_overlap",
-            "bm25_statistics", "text_attributes_column", "batch_sampler", "train_vision_blocks",
+            "bm25_statistics", "bm25_normalization", "bm25_scale", "weight_strength",
+            "attribute_keys", "false_negative_handling", "text_attributes_column",
+            "pos_text_attributes_column", "batch_sampler", "hard_fraction", "sampler_group_size",
+            "train_vision_blocks",
             "train_text_layers", "learning_rate", "head_learning_rate", "use_lora",
             "per_device_train_batch_size", "max_steps", "num_train_epochs", "seed",
         )  # fmt: skip

@@ -25,27 +25,35 @@ IGNORE_INDEX = -100
 def training_pairs(
     train_split, config: ExtractorSFTConfig
 ) -> tuple[list[Any], list[str], list[str], int]:
-    """(images, titles, targets, skipped) from a training split; rows without a target are skipped."""
+    """(images, titles, targets, skipped) from a training split, both listings of a pair; a view
+    without a usable target is skipped (and counted)."""
     if config.target_column not in train_split.column_names:
         raise ValueError(
             f"the training split has no {config.target_column!r} column (columns: "
             f"{train_split.column_names}); run `afmrl extract` with a teacher first or pass "
             "--target-column"
         )
-    views = [("image", "title")]
+    views = [("image", "title", config.target_column)]
     if config.use_pos_view and {"pos_image", "pos_title"} <= set(train_split.column_names):
-        views.append(("pos_image", "pos_title"))
-    targets = [canonical_attribute_text(t or "") for t in train_split[config.target_column]]
-    keep = [i for i, t in enumerate(targets) if t]
+        # The second listing of a pair has its own teacher attributes when the data has them
+        # (pairs of two sellers' listings); otherwise it shares the first listing's.
+        pos_target = f"pos_{config.target_column}"
+        if pos_target not in train_split.column_names:
+            pos_target = config.target_column
+        views.append(("pos_image", "pos_title", pos_target))
     images: list[Any] = []
     titles: list[str] = []
     answers: list[str] = []
-    for image_col, title_col in views:
+    skipped = 0
+    for image_col, title_col, target_col in views:
+        targets = [canonical_attribute_text(t or "") for t in train_split[target_col]]
+        keep = [i for i, t in enumerate(targets) if t]
+        skipped += len(targets) - len(keep)
         col_images, col_titles = train_split[image_col], train_split[title_col]
         images += [col_images[i] for i in keep]
         titles += [str(col_titles[i] or "") for i in keep]
         answers += [targets[i] for i in keep]
-    return images, titles, answers, len(targets) - len(keep)
+    return images, titles, answers, skipped
 
 
 def _answer_ids(tokenizer, target: str, max_tokens: int) -> list[int]:

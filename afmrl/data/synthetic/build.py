@@ -15,7 +15,8 @@ Layout of ``out_dir``::
                                  (for audits only: training must never read it)
 
 A train row pairs a listing with another seller's listing of the same product (``pos_image`` /
-``pos_title`` = that listing's main photo and title), as product matching gives a marketplace;
+``pos_title`` = that listing's main photo and title, ``pos_teacher_attributes`` = its own teacher
+attributes), as product matching gives a marketplace;
 ``CatalogConfig(train_pairs="same_seller")`` pairs it with a second photo and title of the same
 listing instead (an ablation: such pairs teach seller style, and evaluation asks for other sellers).
 """
@@ -49,6 +50,7 @@ from .schema import schema_summary
 
 TRAIN_COLUMNS: tuple[str, ...] = (
     "listing_id", "image", "title", "pos_image", "pos_title", "teacher_attributes",
+    "pos_teacher_attributes",
 )  # fmt: skip
 EVAL_COLUMNS: tuple[str, ...] = (
     "listing_id", "product_id", "family_id", "image", "title", "teacher_attributes",
@@ -82,11 +84,18 @@ def make_row(plan: CatalogPlan, split: str, product: int, slot: int) -> dict:
     }
     teacher = teacher_text(plan, product, slot, main.mentioned)
     if split == "train":
-        other = render_view(plan, product, *plan.train_positive(product, slot))
+        pos_slot, pos_view = plan.train_positive(product, slot)
+        other = render_view(plan, product, pos_slot, pos_view)
+        # The teacher reads a listing's main title: the second view's listing has its own
+        # attributes (cross-seller), or shares this listing's (same-seller: same listing).
+        pos_teacher = (
+            teacher if pos_slot == slot else teacher_text(plan, product, pos_slot, other.mentioned)
+        )
         row |= {
             "pos_image": {"bytes": other.jpeg, "path": None},
             "pos_title": other.title,
             "teacher_attributes": teacher,
+            "pos_teacher_attributes": pos_teacher,
         }
     else:
         row |= {
