@@ -32,6 +32,8 @@ COMMANDS: dict[str, str] = {
     "index": "encode a gallery split into a faiss index (streaming, resumable)",
     "search": "search an index with a photo and/or a title",
     "evaluate": "retrieval metrics, report and Recall@K plot (several models, baselines)",
+    "calibrate": "fit P(identical | score) on the validation split, stored with the checkpoint",
+    "demo": "the Gradio demo (the Space): search, see why, fix an attribute, compare",
 }
 INTERRUPTED = "interrupted; rerun the same command to resume"
 
