@@ -17,10 +17,9 @@ from afmrl.cli.arguments import (
     non_negative_int,
     positive_int,
 )
+from afmrl.evaluation.calibration import DEFAULT_CANDIDATES, METHODS
 from afmrl.retrieval.attributes import ATTRIBUTE_SOURCES
 from afmrl.retrieval.encoding import DEFAULT_ENCODE_BATCH_SIZE
-
-METHODS = ("isotonic", "platt")  # afmrl.evaluation.calibration.METHODS (kept light here)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--candidates",
         type=non_negative_int,
-        default=10,
+        default=DEFAULT_CANDIDATES,
         help="pairs per validation query: its top-K gallery candidates (what a search shows); "
         "0 = every (query, gallery) pair (default: %(default)s)",
     )

@@ -23,12 +23,9 @@ from afmrl.cli.arguments import (
     positive_float,
     positive_int,
 )
+from afmrl.demo.loading import DEFAULT_DATA, DEFAULT_MODEL
 from afmrl.retrieval.attributes import ATTRIBUTE_SOURCES
 from afmrl.retrieval.encoding import DEFAULT_ENCODE_BATCH_SIZE
-
-#: afmrl.demo.loading.DEFAULT_MODEL / DEFAULT_DATA (repeated: that module imports more).
-DEFAULT_MODEL = "outputs/quickstart/base_model"
-DEFAULT_DATA = "outputs/quickstart/catalog"
 
 
 def _port(text: str) -> int:

@@ -2,7 +2,8 @@
 
 Stages so far: (1) the synthetic catalogue with a preview sheet, (2) the embedded default checkpoint
 (its extractor tokenizer trained on the catalogue's train split), (3) its evaluation on the test
-split beside the peers (metrics.json, report.md, recall_at_k.png). Each stage is an ``afmrl``
+split beside the peers (metrics.json, report.md, recall_at_k.png), (4) the calibration of
+"identical" on the validation split, stored with the checkpoint for the demo. Each stage is an ``afmrl``
 command. A stage is recognised as finished by its *fingerprint* -- its command line and the
 fingerprints of the stages it reads -- recorded in ``OUT/pipeline.json`` when it succeeds: a rerun
 with the same settings skips it, a rerun with other settings (or after an upstream stage changed)
@@ -57,6 +58,12 @@ def stages(args: argparse.Namespace) -> list[tuple[str, list[str], list[str], st
              "--baseline-model", model],
             ["catalogue", "embedded default"],
             evaluation,
+        ),
+        (
+            "calibration",
+            ["calibrate", "--model", model, "--data", catalog, "--test", "--no-progress"],
+            ["catalogue", "embedded default"],
+            str(out / "base_model" / "calibration.json"),
         ),
     ]  # fmt: skip
 

@@ -167,7 +167,7 @@ def test_pipeline_reruns_exactly_the_changed_stages(tmp_path, capsys):
     capsys.readouterr()
     assert main(["pipeline", "--out", out, "--products", "40"]) == 0
     log = capsys.readouterr().out
-    assert log.count("unchanged since the last run, skipped") == 3
+    assert log.count("unchanged since the last run, skipped") == 4
     report = Path(out, "evaluation", "report.md").read_text()
     assert main(["pipeline", "--out", out, "--products", "40", "--seed", "7"]) == 0
     log = capsys.readouterr().out
@@ -175,4 +175,4 @@ def test_pipeline_reruns_exactly_the_changed_stages(tmp_path, capsys):
     assert "afmrl synth" in log and "afmrl init" in log and "afmrl evaluate" in log
     assert Path(out, "evaluation", "report.md").read_text() != report
     state = json.loads(Path(out, "pipeline.json").read_text())
-    assert set(state) == {"catalogue", "embedded default", "evaluation"}
+    assert set(state) == {"catalogue", "embedded default", "evaluation", "calibration"}
