@@ -16,7 +16,8 @@ content of each input row:
   caller's ``tag``, so runs that share a tower (seeds, losses, evaluation) compute each image once
   and a changed tower never reuses stale features.
 
-Valid only while the module is frozen; the trainers attach it only then.
+Valid only while the module is frozen; the trainers attach it only then. :func:`cached_cnn_prefix`
+does the same for the frozen *prefix* of a CNN whose last blocks train.
 """
 
 from __future__ import annotations
@@ -119,6 +120,56 @@ class FrozenFeatureCache:
         self._saved = len(self.store)
 
 
+class _Units(nn.Module):
+    """Apply tower units in order (a unit may be a ``ModuleList`` of consecutive layers)."""
+
+    def __init__(self, units: list[nn.Module]):
+        super().__init__()
+        self.units = nn.ModuleList(units)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for unit in self.units:
+            for layer in unit if isinstance(unit, nn.ModuleList) else [unit]:
+                x = layer(x)
+        return x
+
+
+@contextlib.contextmanager
+def cached_cnn_prefix(
+    tower: nn.Module,
+    units: list[nn.Module],
+    trainable: int,
+    directory: str | os.PathLike | None = None,
+) -> Iterator[FrozenFeatureCache]:
+    """Serve the frozen prefix of a timm CNN tower from a :class:`FrozenFeatureCache`.
+
+    For a tower whose ``forward_features`` applies ``units`` in order (timm's EfficientNet: stem,
+    blocks, head; see :func:`trainers.freezing.tower_units`) and whose last ``trainable`` units
+    train, the map entering the first trainable unit is computed once per image; every step runs
+    only the trainable units. ``forward_features`` is overridden on the instance inside the block.
+    """
+    timm_model = tower.timm_model
+    frozen = len(units) - trainable
+    if not 0 < frozen < len(units):
+        raise ValueError(
+            f"need some frozen and some trainable units, got {trainable} of {len(units)}"
+        )
+    prefix, suffix = _Units(units[:frozen]), _Units(units[frozen:])
+    cache = FrozenFeatureCache(
+        prefix, keep=lambda x: x, rebuild=lambda x: x, directory=directory, tag=f"prefix{frozen}"
+    )
+
+    def forward_features(x: torch.Tensor) -> torch.Tensor:
+        return suffix(prefix(x))
+
+    with cache.attach():
+        timm_model.forward_features = forward_features
+        try:
+            yield cache
+        finally:
+            del timm_model.forward_features
+
+
 def pooled_features(output: Any) -> torch.Tensor:
     """A vision tower output -> ``[B, C]`` pooled features (its pooler output, else the mean of
     its last hidden state over positions)."""
@@ -150,6 +201,7 @@ def stage_map_output(feature_map: torch.Tensor) -> Any:
 
 __all__ = [
     "FrozenFeatureCache",
+    "cached_cnn_prefix",
     "last_stage_map",
     "pooled_features",
     "pooled_output",

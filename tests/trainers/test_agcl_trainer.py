@@ -324,6 +324,32 @@ def test_frozen_tower_cache_returns_the_towers_output(tmp_path):
     assert len(cache(other.vision_model).store) == 0
 
 
+def test_cnn_prefix_cache_equals_the_tower_and_trains_its_tail(tmp_path):
+    from tiny_models import tiny_dual_model
+
+    from trainers.feature_cache import cached_cnn_prefix
+
+    model = tiny_dual_model().eval()
+    tower = model.vision_model
+    units = tower_units(tower)
+    for unit in units[-2:]:
+        unit.requires_grad_(True)
+    pixels = model.processor(images=tiny_listings(4)["image"])["pixel_values"]
+    with torch.no_grad():
+        expected = tower(pixel_values=pixels).pooler_output
+    with cached_cnn_prefix(tower, units, trainable=2, directory=tmp_path) as cache:
+        first = tower(pixel_values=pixels).pooler_output
+        again = tower(pixel_values=pixels).pooler_output
+        again.sum().backward()
+    torch.testing.assert_close(first, expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(first, again) and (cache.misses, cache.hits) == (4, 4)
+    assert all(p.grad is not None for p in units[-1].parameters())
+    assert "forward_features" not in tower.timm_model.__dict__  # restored on exit
+    with pytest.raises(ValueError, match="frozen and some trainable"):
+        with cached_cnn_prefix(tower, units, trainable=0):
+            pass
+
+
 # ------------------------------------------------------------------------------- training
 
 

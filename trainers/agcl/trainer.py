@@ -30,8 +30,13 @@ from afmrl.io import write_json_atomic
 from modeling_afmrl.attributes import canonical_attribute_text
 
 from ..distributed import gather_embeddings_and_attributes, gather_objects, is_distributed
-from ..feature_cache import FrozenFeatureCache, pooled_features, pooled_output
-from ..freezing import HEAD_PARAMETERS, base_afmrl_model, configure_trainable
+from ..feature_cache import (
+    FrozenFeatureCache,
+    cached_cnn_prefix,
+    pooled_features,
+    pooled_output,
+)
+from ..freezing import HEAD_PARAMETERS, base_afmrl_model, configure_trainable, tower_units
 from .bm25 import attribute_terms, bm25_statistics
 from .collator import AGCLCollator, resolve_columns
 from .config import AGCLConfig
@@ -133,20 +138,8 @@ class AGCLTrainer(Trainer):
         model, self._frozen_modules = configure_trainable(model, args)
         base = base_afmrl_model(model)
         base.processor = processor
-        self._feature_cache = None
-        if (
-            args.cache_frozen_features
-            and base.config.encoder_type == "dual"
-            and not any(p.requires_grad for p in base.vision_model.parameters())
-            and not columns["augment"]
-        ):
-            self._feature_cache = FrozenFeatureCache(
-                base.vision_model,
-                keep=pooled_features,
-                rebuild=pooled_output,
-                directory=args.feature_cache_dir,
-                tag="pooled",
-            )
+        self._feature_cache = self._vision_cache(base, args, columns["augment"])
+        self._active_cache = None
         self._norm_layers = [
             m for m in base.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
         ]
@@ -230,8 +223,8 @@ class AGCLTrainer(Trainer):
             for key, values in self._metrics.items():
                 logs[key] = round(sum(values) / len(values), 4)
             self._metrics = {}
-        if self._feature_cache is not None and "loss" in logs:
-            logs["vision_cache_hits"] = self._feature_cache.hits
+        if self._active_cache is not None and "loss" in logs:
+            logs["vision_cache_hits"] = self._active_cache.hits
         super().log(logs, start_time)
 
     # ---- optimiser ----------------------------------------------------------------------
@@ -262,11 +255,32 @@ class AGCLTrainer(Trainer):
 
     # ---- saving -------------------------------------------------------------------------
 
+    @staticmethod
+    def _vision_cache(base, args: AGCLConfig, augment: bool):
+        """A context serving the frozen part of the dual encoder's vision tower from the frozen-
+        feature cache: the whole tower when it is frozen, the prefix before its trainable blocks
+        for a timm CNN; ``None`` when nothing can be cached (augmented views change every step)."""
+        if not args.cache_frozen_features or base.config.encoder_type != "dual" or augment:
+            return None
+        tower = base.vision_model
+        if not any(p.requires_grad for p in tower.parameters()):
+            cache = FrozenFeatureCache(tower, keep=pooled_features, rebuild=pooled_output,
+                                       directory=args.feature_cache_dir, tag="pooled")  # fmt: skip
+            return cache.attach
+        units = tower_units(tower)
+        trainable = sum(any(p.requires_grad for p in u.parameters()) for u in units)
+        if hasattr(tower, "timm_model") and units and 0 < trainable < len(units):
+            return lambda: cached_cnn_prefix(tower, units, trainable, args.feature_cache_dir)
+        return None
+
     def train(self, *args, **kwargs):
-        """``Trainer.train`` with the frozen vision tower served from its feature cache."""
-        cache = self._feature_cache.attach() if self._feature_cache else contextlib.nullcontext()
-        with cache:
-            return super().train(*args, **kwargs)
+        """``Trainer.train`` with the frozen part of the vision tower served from its cache."""
+        cache = self._feature_cache() if self._feature_cache else contextlib.nullcontext()
+        with cache as self._active_cache:
+            try:
+                return super().train(*args, **kwargs)
+            finally:
+                self._active_cache = None
 
     def save_final_model(self, output_dir: str | os.PathLike | None = None) -> str:
         """Save the trained encoder (LoRA merged) with ``save_pretrained``; returns the folder."""
