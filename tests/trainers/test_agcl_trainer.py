@@ -345,9 +345,11 @@ def test_cnn_prefix_cache_equals_the_tower_and_trains_its_tail(tmp_path):
     assert torch.equal(first, again) and (cache.misses, cache.hits) == (4, 4)
     assert all(p.grad is not None for p in units[-1].parameters())
     assert "forward_features" not in tower.timm_model.__dict__  # restored on exit
-    with pytest.raises(ValueError, match="frozen and some trainable"):
-        with cached_cnn_prefix(tower, units, trainable=0):
-            pass
+    with (
+        pytest.raises(ValueError, match="frozen and some trainable"),
+        cached_cnn_prefix(tower, units, trainable=0),
+    ):
+        pass
 
 
 # ------------------------------------------------------------------------------- training
