@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         if main_process:
             print(
                 f"[train-encoder] {len(train)} listings, global batch {per_step}, "
-                f"{trainer.loss_fn!r}, sampler {args.batch_sampler}",
+                f"{trainer.loss_fn!r}, sampler {trainer.batch_sampler}",
                 flush=True,
             )
         start = time.perf_counter()

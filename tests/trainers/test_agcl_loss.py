@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from modeling_afmrl.attributes import parse_attributes, render_attributes
+from trainers.agcl.arguments import PAPER_FORM
 from trainers.agcl.bm25 import (
     attribute_terms,
     bm25_matrix,
@@ -99,7 +100,8 @@ def test_matches_loop_reference_value_and_gradients(weighting, filt):
     c = (base + 1.5 * torch.randn(n, d, dtype=torch.float64)).requires_grad_()
     attrs = random_attributes(rng, n)
     scale = torch.tensor(7.0, dtype=torch.float64, requires_grad=True)
-    loss_fn = AGCLLoss("agcl", weighting=weighting, false_negatives=filt, delta=0.05)
+    loss_fn = AGCLLoss("agcl", weighting=weighting, false_negatives=filt, delta=0.05,
+                       false_negative_handling="remove")  # fmt: skip
     out = loss_fn(q, c, attrs, logit_scale=scale)
     ref = reference_loss(q, c, attrs, attrs, scale, weighting, filt, 0.05, 0.8)
     got_grads = torch.autograd.grad(out.loss, (q, c, scale))
@@ -120,7 +122,7 @@ def test_different_attributes_per_side_and_corpus_statistics():
     c = torch.randn(n, d, dtype=torch.float64, requires_grad=True)
     attrs_q, attrs_c = random_attributes(rng, n), random_attributes(rng, n)
     corpus = bm25_statistics(attribute_terms(a) for a in random_attributes(rng, 50) + attrs_q)
-    loss_fn = AGCLLoss("agcl", "bm25", "both", delta=0.0, bm25_statistics=corpus)
+    loss_fn = AGCLLoss("agcl", **PAPER_FORM, delta=0.0, bm25_statistics=corpus)
     out = loss_fn(q, c, attrs_q, attrs_c, logit_scale=5.0)
     ref = reference_loss(q, c, attrs_q, attrs_c, 5.0, "bm25", "both", 0.0, 0.8, stats=corpus)
     assert abs(out.loss.item() - ref.item()) < 1e-5
@@ -170,7 +172,8 @@ def test_weights_raise_the_loss_of_attribute_close_negatives():
 
 @pytest.mark.parametrize(("weighting", "filt"), COMBOS)
 def test_edge_cases_are_finite(weighting, filt):
-    fn = AGCLLoss("agcl", weighting=weighting, false_negatives=filt, delta=-1.0)
+    fn = AGCLLoss("agcl", weighting=weighting, false_negatives=filt, delta=-1.0,
+                  false_negative_handling="remove")  # fmt: skip
     same = torch.ones(5, 8, requires_grad=True)
     cases = [
         (same, same, ["category: mug"] * 5),  # identical embeddings and attributes
@@ -188,9 +191,10 @@ def test_edge_cases_are_finite(weighting, filt):
 def test_all_negatives_masked_gives_zero_loss_and_finite_gradients():
     q = torch.randn(4, 8, requires_grad=True)
     # delta = -3 masks every negative (cosines are >= -1): only the positives remain.
-    out = AGCLLoss("agcl", weighting="bm25", false_negatives="margin", delta=-3.0)(
+    out = AGCLLoss("agcl", weighting="bm25", false_negatives="margin", delta=-3.0,
+                   false_negative_handling="remove")(
         q, q.detach() + 0.1, ["category: mug"] * 4, logit_scale=20.0
-    )
+    )  # fmt: skip
     assert out.num_masked == 2 * 4 * 3
     assert out.loss.abs() < 1e-6
     (grad,) = torch.autograd.grad(out.loss, q)

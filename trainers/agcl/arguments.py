@@ -24,6 +24,20 @@ FALSE_NEGATIVE_HANDLING: tuple[str, ...] = ("remove", "attract")
 BM25_NORMALIZATIONS: tuple[str, ...] = ("none", "self")
 BM25_STATISTICS: tuple[str, ...] = ("batch", "corpus")
 BATCH_SAMPLERS: tuple[str, ...] = ("random", "attributes", "mixed")
+#: What ``loss="agcl"`` means when weighting and filter are not given: the variant chosen on the
+#: default catalogue's validation split (``docs/agcl.md``): no BM25 weighting, the attribute filter,
+#: flagged false negatives pulled in as extra positives.
+AGCL_DEFAULTS: dict[str, str] = {
+    "weighting": "none",
+    "false_negatives": "attributes",
+    "false_negative_handling": "attract",
+}
+#: The paper's form of AGCL, for comparison: BM25 weights, both filters, flagged pairs removed.
+PAPER_FORM: dict[str, str] = {
+    "weighting": "bm25",
+    "false_negatives": "both",
+    "false_negative_handling": "remove",
+}
 
 
 @dataclass
@@ -37,12 +51,15 @@ class AGCLArguments:
     )
     weighting: str | None = field(
         default=None,
-        metadata={"help": "hard-negative weights (default: bm25 for agcl)", "choices": WEIGHTINGS},
+        metadata={
+            "help": "hard-negative weights (default for agcl: none; the paper: bm25)",
+            "choices": WEIGHTINGS,
+        },
     )
     false_negatives: str | None = field(
         default=None,
         metadata={
-            "help": "false-negative filter (default: both for agcl)",
+            "help": "false-negative filter (default for agcl: attributes; the paper: both)",
             "choices": FALSE_NEGATIVE_FILTERS,
         },
     )
@@ -86,7 +103,7 @@ class AGCLArguments:
         },
     )
     false_negative_handling: str = field(
-        default="remove",
+        default=AGCL_DEFAULTS["false_negative_handling"],
         metadata={
             "help": "remove (the paper: flagged false negatives leave the denominator) or attract "
             "(they stay and count as extra positives)",
@@ -126,12 +143,16 @@ class AGCLArguments:
             "pos_image column; weaker than another seller's listing)"
         },
     )
-    batch_sampler: str = field(
-        default="random",
-        metadata={"help": "which listings share a batch", "choices": BATCH_SAMPLERS},
+    batch_sampler: str | None = field(
+        default=None,
+        metadata={
+            "help": "which listings share a batch (default: mixed when the data has attributes, "
+            "else random)",
+            "choices": BATCH_SAMPLERS,
+        },
     )
     hard_fraction: float = field(
-        default=0.5,
+        default=0.25,
         metadata={
             "help": "mixed sampler: share of a batch that is one run of attribute neighbours",
             "check": "fraction",
@@ -193,9 +214,10 @@ class AGCLArguments:
         default=64, metadata={"help": "listings per device and step", "check": "positive"}
     )
     max_steps: int = field(
-        default=15,
+        default=200,
         metadata={
-            "help": "optimiser steps (chosen on the default catalogue's validation split)",
+            "help": "optimiser steps (about 8 epochs of the default catalogue at batch 64; chosen "
+            "on its validation split)",
             "check": "positive",
         },
     )
@@ -218,12 +240,14 @@ class AGCLArguments:
 
 
 __all__ = [
+    "AGCL_DEFAULTS",
     "BATCH_SAMPLERS",
     "BM25_NORMALIZATIONS",
     "BM25_STATISTICS",
     "FALSE_NEGATIVE_FILTERS",
     "FALSE_NEGATIVE_HANDLING",
     "LOSSES",
+    "PAPER_FORM",
     "WEIGHTINGS",
     "AGCLArguments",
 ]

@@ -184,8 +184,9 @@ def resolve_columns(config: AGCLArguments, column_names: Sequence[str]) -> dict[
             "teacher_attributes column: set loss_attributes_column, or use weighting='none' "
             "with false_negatives='margin' or 'none'"
         )
-    if config.batch_sampler in ("attributes", "mixed") and loss_col is None:
-        raise UserError(f"batch_sampler={config.batch_sampler!r} needs an attribute column")
+    sampler = config.batch_sampler or ("mixed" if loss_col is not None else "random")
+    if sampler in ("attributes", "mixed") and loss_col is None:
+        raise UserError(f"batch_sampler={sampler!r} needs an attribute column")
     keep = [config.image_column, config.title_column, text_col, pos_text_col, loss_col]
     keep.append("listing_id")
     if not augment:
@@ -194,6 +195,7 @@ def resolve_columns(config: AGCLArguments, column_names: Sequence[str]) -> dict[
         "keep": [c for c in dict.fromkeys(keep) if c is not None and c in names],
         "loss_attributes_column": loss_col,
         "pos_text_attributes_column": pos_text_col,
+        "batch_sampler": sampler,
         "augment": augment,
     }
 

@@ -62,8 +62,9 @@ class AGCLConfig(AGCLArguments, TrainingArguments):
         image_column, title_column, pos_image_column, pos_title_column (`str`): column names.
         augment_second_view (`bool`, *optional*): make the second view by augmentation; defaults
             to True exactly when the data has no `pos_image_column`.
-        batch_sampler (`str`): `"random"`, `"attributes"` or `"mixed"` (see
-            `trainers.agcl.sampler`).
+        batch_sampler (`str`, *optional*): `"random"`, `"attributes"` or `"mixed"` (see
+            `trainers.agcl.sampler`); defaults to `"mixed"` when the data has attributes, else
+            `"random"`.
         hard_fraction (`float`): `mixed` sampler: share of a batch that is one run of attribute
             neighbours.
         sampler_group_size (`int`, *optional*): `attributes` sampler: neighbours per group
@@ -92,7 +93,8 @@ class AGCLConfig(AGCLArguments, TrainingArguments):
         if self.false_negatives is not None:
             _check_choice("false_negatives", self.false_negatives, FALSE_NEGATIVE_FILTERS)
         _check_choice("bm25_statistics", self.bm25_statistics, BM25_STATISTICS)
-        _check_choice("batch_sampler", self.batch_sampler, BATCH_SAMPLERS)
+        if self.batch_sampler is not None:
+            _check_choice("batch_sampler", self.batch_sampler, BATCH_SAMPLERS)
         _check_choice("bm25_normalization", self.bm25_normalization, BM25_NORMALIZATIONS)
         _check_choice(
             "false_negative_handling", self.false_negative_handling, FALSE_NEGATIVE_HANDLING

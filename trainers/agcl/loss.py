@@ -64,6 +64,7 @@ from modeling_afmrl.attributes import (
 )
 
 from .arguments import (
+    AGCL_DEFAULTS,
     BM25_NORMALIZATIONS,
     FALSE_NEGATIVE_FILTERS,
     FALSE_NEGATIVE_HANDLING,
@@ -267,10 +268,10 @@ class AGCLLoss(nn.Module):
 
     Args:
         loss: ``"agcl"`` or ``"infonce"`` (plain CLIP loss: no weighting, no filter).
-        weighting: ``"bm25"`` or ``"none"`` (default: ``"bm25"`` for agcl).
+        weighting: ``"bm25"`` or ``"none"`` (default for agcl: ``"none"``; see below).
         false_negatives: ``"margin"``, ``"attributes"``, ``"both"``, ``"margin_compatible"``
-            (margin hits whose attributes do not conflict) or ``"none"`` (default: ``"both"`` for
-            agcl).
+            (margin hits whose attributes do not conflict) or ``"none"`` (default for agcl:
+            ``"attributes"``).
         delta: margin of the ``margin`` filter, on cosine similarity.
         attribute_overlap: share of keys two listings must both state for the ``attributes`` filter.
         bm25_statistics: corpus statistics for BM25; ``None`` uses the batch's.
@@ -280,8 +281,13 @@ class AGCLLoss(nn.Module):
         weight_strength: multiplier of the log-weight.
         attribute_keys: keys the weighting and the attribute filters read (``None``: all).
         false_negative_handling: ``"remove"`` (paper: masked out of the denominator) or
-            ``"attract"`` (kept in the denominator and treated as extra positives, see
-            :func:`attracted_info_nce_rows`).
+            ``"attract"`` (the default: kept in the denominator and treated as extra positives,
+            see :func:`attracted_info_nce_rows`).
+
+    The defaults are the settings chosen on the default catalogue's validation split
+    (:data:`~trainers.agcl.arguments.AGCL_DEFAULTS`); the paper's form is
+    ``weighting="bm25", false_negatives="both", false_negative_handling="remove"``
+    (:data:`~trainers.agcl.arguments.PAPER_FORM`). ``docs/agcl.md`` has the measurements.
     """
 
     def __init__(
@@ -298,7 +304,7 @@ class AGCLLoss(nn.Module):
         bm25_scale: float = 1.0,
         weight_strength: float = 1.0,
         attribute_keys: Sequence[str] | None = None,
-        false_negative_handling: str = "remove",
+        false_negative_handling: str = "attract",
     ):
         super().__init__()
         if loss not in LOSSES:
@@ -310,8 +316,10 @@ class AGCLLoss(nn.Module):
                         f"loss='infonce' is the plain CLIP loss: {name}={value!r} needs loss='agcl'"
                     )
             weighting, false_negatives = "none", "none"
-        weighting = "bm25" if weighting is None else weighting
-        false_negatives = "both" if false_negatives is None else false_negatives
+        weighting = AGCL_DEFAULTS["weighting"] if weighting is None else weighting
+        false_negatives = (
+            AGCL_DEFAULTS["false_negatives"] if false_negatives is None else false_negatives
+        )
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         if false_negatives not in FALSE_NEGATIVE_FILTERS:

@@ -111,6 +111,7 @@ class AGCLTrainer(Trainer):
         columns = resolve_columns(args, train_dataset.column_names)
         train_dataset = train_dataset.select_columns(columns["keep"])
         self.loss_attributes_column = columns["loss_attributes_column"]
+        self.batch_sampler = columns["batch_sampler"]
         self._attribute_dicts = None
         statistics = None
         if self.loss_attributes_column is not None:
@@ -163,8 +164,8 @@ class AGCLTrainer(Trainer):
         self._sampler = ListingBatchSampler(
             len(dataset),
             self.args.per_device_train_batch_size * max(1, self.args.world_size),
-            mode=self.args.batch_sampler,
-            attributes=self._attribute_dicts if self.args.batch_sampler != "random" else None,
+            mode=self.batch_sampler,
+            attributes=self._attribute_dicts if self.batch_sampler != "random" else None,
             seed=self.args.seed,
             hard_fraction=self.args.hard_fraction,
             group_size=self.args.sampler_group_size,
@@ -309,6 +310,7 @@ class AGCLTrainer(Trainer):
         summary = {k: getattr(self.args, k) for k in keys}
         summary.update(
             loss_attributes_column=self.loss_attributes_column,
+            resolved_batch_sampler=self.batch_sampler,
             resolved_weighting=self.loss_fn.weighting,
             resolved_false_negatives=self.loss_fn.false_negatives,
             world_size=self.args.world_size,
