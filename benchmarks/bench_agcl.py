@@ -43,22 +43,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_inputs(args: argparse.Namespace, workdir: Path) -> tuple[str, str]:
-    from afmrl.cli import main as cli
-
-    data = args.data
-    if data is None:
-        data = str(workdir / "catalog")
-        if cli(["synth", "--out", data, "--products", "300", "--num-proc", "1"]) != 0:
-            raise SystemExit("could not build the catalogue")
-    model = args.model
-    if model is None:
-        model = str(workdir / "model")
-        if cli(["init", "--out", model, "--data", data]) != 0:
-            raise SystemExit("could not build the embedded default")
-    return model, data
-
-
 FORMS = ("infonce", "agcl", "agcl-paper")
 
 
@@ -124,6 +108,9 @@ def time_loss_only(batch_size: int, attributes: list[str], repeats: int = 20) ->
 
 
 def main(argv=None) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import build_inputs
+
     args = parse_args(argv)
     import contextlib
     import os
@@ -135,7 +122,7 @@ def main(argv=None) -> int:
 
     with torch_settings(args.threads, flush_denormal=True), contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-agcl-")))
-        model_path, data_path = build_inputs(args, workdir)
+        model_path, data_path = build_inputs(args.model, args.data, workdir)
         train = load_catalog(data_path, splits=["train"], check_images=False)["train"]
         trainers = {
             form: make_trainer(

@@ -418,3 +418,50 @@ class FakeHub:
             ),
         )
         return fake
+
+
+@functools.lru_cache(maxsize=1)
+def trained_llava_checkpoint() -> str:
+    """The tiny extractor after 200 SFT steps (it then writes real attributes, cut short by small
+    generation budgets: a mix of well-formed and malformed outputs), saved once."""
+    from datasets import load_from_disk
+
+    from trainers.extractor_sft.trainer import train_extractor
+
+    path = Path(tempfile.mkdtemp(prefix="afmrl-extract-model-"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = tiny_llava_model()
+        split = load_from_disk(tiny_catalog())["train"]
+        config = sft_config(path, max_steps=200, learning_rate=5e-3)
+        train_extractor(model.extractor, model.processor.extractor_processor, split, config, None)
+        model.save_pretrained(path / "model")
+    finally:
+        torch.set_num_threads(threads)
+    return str(path / "model")
+
+
+@functools.lru_cache(maxsize=1)
+def embedded_default_checkpoint() -> str:
+    """The embedded default (real EfficientNet-Lite0 + all-MiniLM-L6-v2 towers, untrained fusion)
+    built on the tiny catalogue, saved once per process (read-only for callers)."""
+    from afmrl.defaults.embedded import build_embedded_default, catalog_tokenizer_corpus
+
+    path = Path(tempfile.mkdtemp(prefix="afmrl-embedded-")) / "model"
+    corpus = catalog_tokenizer_corpus(tiny_catalog())
+    build_embedded_default(path, corpus=corpus, progress=lambda line: None)
+    return str(path)
+
+
+@functools.lru_cache(maxsize=1)
+def reward_catalog() -> str:
+    """A 150-product, 64 px synthetic catalogue (30 validation queries), built once per process."""
+    from afmrl.data.synthetic.build import build_catalog
+    from afmrl.data.synthetic.plan import CatalogConfig
+
+    out = Path(tempfile.mkdtemp(prefix="afmrl-reward-cat-")) / "cat"
+    build_catalog(
+        CatalogConfig(products=150, seed=5, image_size=64), out, num_proc=1, log=lambda *a: None
+    )
+    return str(out)

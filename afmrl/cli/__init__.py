@@ -28,6 +28,8 @@ COMMANDS: dict[str, str] = {
     "train-extractor": "SFT warm-up of the attribute extractor on teacher attributes",
     "extract": "add a generated-attributes column to every split (batched, resumable)",
     "train-encoder": "stage 1: AGCL / InfoNCE contrastive training of the encoder",
+    "train-rar": "stage 2: RAR, GRPO on the extractor with a retrieval reward (TRL)",
+    "cit": "cyclic iterative training: re-extract with the RAR extractor, continue AGCL, evaluate",
     "pipeline": "run the main job end to end on the embedded default",
     "index": "encode a gallery split into a faiss index (streaming, resumable)",
     "search": "search an index with a photo and/or a title",

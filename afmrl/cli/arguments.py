@@ -125,6 +125,31 @@ def add_no_progress(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_run_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    *,
+    checkpoint_dir: bool = True,
+    keep_checkpoints: bool = True,
+) -> None:
+    """The run options every training command shares: ``--checkpoint-dir``, ``--resume``,
+    ``--keep-checkpoints``, ``--seed``, ``--threads``, ``--overwrite``, ``--no-progress``."""
+    if checkpoint_dir:
+        parser.add_argument(
+            "--checkpoint-dir", default=None, help="Trainer checkpoints (default: OUT.checkpoints)"
+        )
+    parser.add_argument("--resume", action="store_true", help="resume from the last checkpoint")
+    if keep_checkpoints:
+        parser.add_argument(
+            "--keep-checkpoints", action="store_true", help="keep the checkpoint folder afterwards"
+        )
+    parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a checkpoint already in --out"
+    )
+    add_no_progress(parser)
+
+
 def check_out(
     out: str | os.PathLike,
     *,

@@ -15,8 +15,7 @@ import argparse
 from afmrl.cli.arguments import (
     add_column_mapping,
     add_fields,
-    add_no_progress,
-    positive_int,
+    add_run_arguments,
     training_output,
 )
 from afmrl.errors import UserError
@@ -95,18 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "feature_cache_dir",
         flags=FLAGS,
     )
-    train.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    train.add_argument(
-        "--resume", action="store_true", help="resume from the last checkpoint in OUT.checkpoints"
-    )
-    train.add_argument(
-        "--keep-checkpoints", action="store_true", help="keep OUT.checkpoints after training"
-    )
-    train.add_argument(
-        "--overwrite", action="store_true", help="replace a checkpoint already in --out"
-    )
-    train.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
-    add_no_progress(train)
+    add_run_arguments(train, checkpoint_dir=False)
 
 
 def _column(value: str | None) -> str | None:

@@ -16,9 +16,8 @@ import argparse
 from afmrl.cli.arguments import (
     add_column_mapping,
     add_fields,
-    add_no_progress,
+    add_run_arguments,
     non_negative_int,
-    positive_int,
     settings_from_args,
     training_output,
 )
@@ -55,19 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-steps", type=non_negative_int, default=0, help="overrides --epochs when > 0"
     )
     parser.add_argument(
-        "--checkpoint-dir", default=None, help="Trainer checkpoints (default: OUT.checkpoints)"
-    )
-    parser.add_argument(
         "--save-steps", type=non_negative_int, default=0, help="checkpoint every N steps (0: never)"
     )
-    parser.add_argument("--resume", action="store_true", help="resume from the last checkpoint")
-    parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     parser.add_argument(
         "--eval", action="store_true", help="score on validation_query + validation_gallery"
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace a checkpoint in --out")
-    add_no_progress(parser)
+    add_run_arguments(parser, keep_checkpoints=False)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,44 +7,19 @@ use for the same rows and checkpoint, malformed generations included.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from tiny_models import REPO, sft_config, tiny_catalog, tiny_llava_model
+from tiny_models import REPO, tiny_catalog, tiny_llava_model, trained_llava_checkpoint
 
 GEN = {"max_new_tokens": 16}
-
-
-@functools.lru_cache(maxsize=1)
-def trained_llava_checkpoint() -> str:
-    """The tiny extractor after 200 SFT steps (it then writes real attributes, cut short by small
-    generation budgets: a mix of well-formed and malformed outputs), saved once."""
-    import torch
-    from datasets import load_from_disk
-
-    from trainers.extractor_sft.trainer import train_extractor
-
-    path = Path(tempfile.mkdtemp(prefix="afmrl-extract-model-"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        model = tiny_llava_model()
-        split = load_from_disk(tiny_catalog())["train"]
-        config = sft_config(path, max_steps=200, learning_rate=5e-3)
-        train_extractor(model.extractor, model.processor.extractor_processor, split, config, None)
-        model.save_pretrained(path / "model")
-    finally:
-        torch.set_num_threads(threads)
-    return str(path / "model")
 
 
 def _rows(split: str = "train", n: int = 24):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+#: The training summary (settings, loss curve) written beside an AGCL checkpoint.
+SUMMARY_FILE = "agcl_training.json"
 LOSSES: tuple[str, ...] = ("agcl", "infonce")
 WEIGHTINGS: tuple[str, ...] = ("bm25", "none")
 FALSE_NEGATIVE_FILTERS: tuple[str, ...] = (
@@ -248,6 +250,7 @@ __all__ = [
     "FALSE_NEGATIVE_HANDLING",
     "LOSSES",
     "PAPER_FORM",
+    "SUMMARY_FILE",
     "WEIGHTINGS",
     "AGCLArguments",
 ]

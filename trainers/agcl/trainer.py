@@ -37,6 +37,7 @@ from ..feature_cache import (
     pooled_output,
 )
 from ..freezing import HEAD_PARAMETERS, base_afmrl_model, configure_trainable, tower_units
+from .arguments import SUMMARY_FILE
 from .bm25 import attribute_terms, bm25_statistics
 from .collator import AGCLCollator, resolve_columns
 from .config import AGCLConfig
@@ -48,7 +49,6 @@ logger = logging.get_logger(__name__)
 #: File (in ``output_dir``) where ``log_masked_pairs`` writes each step's batch and masked pairs.
 MASKED_PAIRS_FILE = "masked_pairs.jsonl"
 #: The training settings and log, written next to the final model.
-SUMMARY_FILE = "agcl_training.json"
 
 
 def contrastive_step(
