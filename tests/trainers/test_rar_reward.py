@@ -17,13 +17,7 @@ from tiny_models import (
     trained_llava_checkpoint,
 )
 
-
-@pytest.fixture(autouse=True)
-def _threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _eval_reward(model, mode="reciprocal_rank", k=None, attributes="gold_attributes"):
