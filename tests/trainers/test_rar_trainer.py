@@ -231,19 +231,23 @@ def test_killed_and_resumed_run_continues_from_its_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_trains_and_saves_the_whole_checkpoint(tmp_path):
+def test_cli_trains_and_saves_the_whole_checkpoint(tmp_path, capsys):
     from safetensors.torch import load_file
 
     from afmrl.cli import main
     from afmrl.models import load_model
 
     out = tmp_path / "rar"
+    model, data = trained_llava_checkpoint(), tiny_catalog()
+    capsys.readouterr()  # what building the fixtures printed
     code = main([
-        "train-rar", "--model", trained_llava_checkpoint(), "--data", tiny_catalog(),
+        "train-rar", "--model", model, "--data", data,
         "--out", str(out), "--max-steps", "2", "--group-size", "4", "--batch-size", "8",
         "--completion-length", "24", "--lr", "1e-4", "--threads", "1", "--no-progress",
     ])  # fmt: skip
     assert code == 0
+    printed = capsys.readouterr().out
+    assert "[rar] step 2/2 reward" in printed and "{'loss'" not in printed  # one line per step
     summary = json.loads((out / "rar_training.json").read_text())
     assert summary["steps"] == 2 and len(summary["history"]) == 2
     assert summary["recall_k"] == 1 and summary["lora"] is False

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
 from trl import GRPOTrainer
 from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
@@ -331,6 +332,8 @@ def train_rar(
         peft_config=peft_config,
         shared_modules=(vision,) if frozen_vision else (),
     )
+    if progress is not None:  # RARLog's line per step replaces the Trainer's printed log dicts
+        trainer.remove_callback(PrinterCallback)
     setup = time.perf_counter() - t0
     t1 = time.perf_counter()
     with cache.attach() if cache is not None else contextlib.nullcontext():
