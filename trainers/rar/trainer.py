@@ -226,6 +226,94 @@ def query_rows(rows: list[int], fraction: float, seed: int) -> list[int]:
     return sorted(rng.sample(list(rows), max(1, round(fraction * len(rows)))))
 
 
+def prepare_policy(
+    extractor: torch.nn.Module, config: RARConfig
+) -> tuple[torch.nn.Module | None, Any, FrozenFeatureCache | None]:
+    """Make the extractor trainable for RAR: ``(frozen vision tower or None, peft LoraConfig or
+    None, frozen-feature cache or None)``.
+
+    Everything but a frozen vision tower trains (or LoRA adapters on the language model, see
+    :func:`wants_lora`); a frozen LLaVA-timm tower is served from the feature cache.
+    """
+    vision = vision_tower(extractor)
+    frozen = vision if vision is not None and not config.train_vision_tower else None
+    for p in extractor.parameters():
+        p.requires_grad_(True)
+    if frozen is not None:
+        for p in frozen.parameters():
+            p.requires_grad_(False)
+    peft_config = None
+    if wants_lora(config, extractor):
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=0.0,
+            target_modules=list(config.lora_target_modules),
+            exclude_modules=r".*(vision_tower|visual).*",
+            task_type="CAUSAL_LM",
+        )
+    cache = None
+    if frozen is not None and supports_feature_cache(extractor):
+        cache = FrozenFeatureCache(
+            frozen,
+            keep=last_stage_map,
+            rebuild=stage_map_output,
+            tag=f"stage{extractor.config.vision_feature_layer}",
+        )
+    return frozen, peft_config, cache
+
+
+def run_settings(config: RARConfig, reward: RetrievalReward, lora: bool) -> dict[str, Any]:
+    """The settings a RAR run records beside its checkpoint."""
+    return {
+        "reward_mode": reward.mode,
+        "recall_k": reward.k,
+        "gain_metric": reward.gain_metric,
+        "reward_positives": config.reward_positives,
+        "format_penalty": reward.format_penalty,
+        "num_generations": config.num_generations,
+        "per_device_train_batch_size": config.per_device_train_batch_size,
+        "max_completion_length": config.max_completion_length,
+        "temperature": config.temperature,
+        "beta": config.beta,
+        "learning_rate": config.learning_rate,
+        "loss_type": config.loss_type,
+        "scale_rewards": config.scale_rewards,
+        "max_steps": config.max_steps,
+        "lora": lora,
+        "seed": config.seed,
+    }
+
+
+def reward_from_config(
+    model: Any,
+    train: Dataset,
+    config: RARConfig,
+    cache_dir: str | None = None,
+    show_progress: bool = False,
+) -> tuple[RetrievalReward, PairRewardData]:
+    """:func:`~trainers.rar.reward.build_pair_reward` with ``config``'s reward settings."""
+    return build_pair_reward(
+        model,
+        train,
+        mode=config.reward_mode,
+        k=config.recall_k,
+        recall_k_fraction=config.recall_k_fraction,
+        gain_metric=config.gain_metric,
+        format_penalty=config.format_penalty,
+        depth=config.reward_depth,
+        gallery_size=config.gallery_size,
+        positives=config.reward_positives,
+        batch_size=config.reward_batch_size,
+        max_new_tokens=config.max_completion_length,
+        cache_dir=cache_dir,
+        seed=config.seed,
+        show_progress=show_progress,
+    )
+
+
 def train_rar(
     model: Any,
     train: Dataset,
@@ -254,23 +342,7 @@ def train_rar(
         p.requires_grad_(False)
     info: PairRewardData | None = None
     if reward is None:
-        reward, info = build_pair_reward(
-            model,
-            train,
-            mode=config.reward_mode,
-            k=config.recall_k,
-            recall_k_fraction=config.recall_k_fraction,
-            gain_metric=config.gain_metric,
-            format_penalty=config.format_penalty,
-            depth=config.reward_depth,
-            gallery_size=config.gallery_size,
-            positives=config.reward_positives,
-            batch_size=config.reward_batch_size,
-            max_new_tokens=config.max_completion_length,
-            cache_dir=cache_dir,
-            seed=config.seed,
-            show_progress=show_progress,
-        )
+        reward, info = reward_from_config(model, train, config, cache_dir, show_progress)
         rows = info.query_rows
     else:
         ids = train["listing_id"]
@@ -284,34 +356,8 @@ def train_rar(
             f"mode {reward.mode} (k={reward.k}), setup {time.perf_counter() - t0:.0f}s"
         )
 
-    vision = vision_tower(extractor)
-    frozen_vision = vision is not None and not config.train_vision_tower
-    for p in extractor.parameters():
-        p.requires_grad_(True)
-    if frozen_vision:
-        for p in vision.parameters():
-            p.requires_grad_(False)
-    lora = wants_lora(config, extractor)
-    peft_config = None
-    if lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=0.0,
-            target_modules=list(config.lora_target_modules),
-            exclude_modules=r".*(vision_tower|visual).*",
-            task_type="CAUSAL_LM",
-        )
-    cache = None
-    if frozen_vision and supports_feature_cache(extractor):
-        cache = FrozenFeatureCache(
-            vision,
-            keep=last_stage_map,
-            rebuild=stage_map_output,
-            tag=f"stage{extractor.config.vision_feature_layer}",
-        )
+    frozen_vision, peft_config, cache = prepare_policy(extractor, config)
+    lora = peft_config is not None
     if config.use_vllm:
         # TRL's vLLM engine builds the policy's architecture from its ``name_or_path`` and then
         # receives the current weights every step; the extractor inside an AFMRL checkpoint has
@@ -330,7 +376,7 @@ def train_rar(
         processing_class=model.processor.extractor_processor,
         callbacks=[log, *(callbacks or [])],
         peft_config=peft_config,
-        shared_modules=(vision,) if frozen_vision else (),
+        shared_modules=(frozen_vision,) if frozen_vision is not None else (),
     )
     if progress is not None:  # RARLog's line per step replaces the Trainer's printed log dicts
         trainer.remove_callback(PrinterCallback)
@@ -355,24 +401,7 @@ def train_rar(
         sft_valid_format=info.sft_valid_format if info is not None else float("nan"),
         setup_seconds=setup,
         gallery_encodes=reward.gallery_encodes,
-        settings={
-            "reward_mode": reward.mode,
-            "recall_k": reward.k,
-            "gain_metric": reward.gain_metric,
-            "reward_positives": config.reward_positives,
-            "format_penalty": reward.format_penalty,
-            "num_generations": config.num_generations,
-            "per_device_train_batch_size": config.per_device_train_batch_size,
-            "max_completion_length": config.max_completion_length,
-            "temperature": config.temperature,
-            "beta": config.beta,
-            "learning_rate": config.learning_rate,
-            "loss_type": config.loss_type,
-            "scale_rewards": config.scale_rewards,
-            "max_steps": config.max_steps,
-            "lora": lora,
-            "seed": config.seed,
-        },
+        settings=run_settings(config, reward, lora),
     )
 
 
@@ -383,8 +412,11 @@ __all__ = [
     "RARResult",
     "RARTrainer",
     "policy_parameters",
+    "prepare_policy",
     "query_rows",
     "rar_dataset",
+    "reward_from_config",
+    "run_settings",
     "train_rar",
     "vision_tower",
     "wants_lora",
