@@ -3,8 +3,8 @@
 * :func:`add_fields` turns fields of a settings dataclass (``AGCLArguments``,
   ``ExtractorSFTArguments``, ``CatalogConfig``...) into flags: the default and the help come from the
   field (TRL's ``field(metadata={"help": ...})`` style), ``choices`` and a ``check`` (``positive``,
-  ``non_negative``, ``fraction``, ``tail``) from its metadata. A default is written once, beside
-  its config.
+  ``non_negative``, ``fraction`` in [0, 1], ``share`` in (0, 1], ``tail``) from its metadata. A
+  default is written once, beside its config.
 * Numbers are checked by argparse while parsing, before any expensive work starts.
 * ``--column CONTRACT=YOURS`` maps catalogue columns the same way in every command.
 * :func:`check_out` refuses an ``--out`` that is a file, equals an input, or holds files that are
@@ -42,6 +42,7 @@ non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
 non_negative_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
 fraction = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+share = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 tail_count = _number(int, lambda v: v >= -1, "-1 (all), 0 (none) or a positive count")
 
 #: ``metadata["check"]`` -> (int parser, float parser).
@@ -49,6 +50,7 @@ CHECKS: dict[str, dict[type, Callable[[str], Any]]] = {
     "positive": {int: positive_int, float: positive_float},
     "non_negative": {int: non_negative_int, float: non_negative_float},
     "fraction": {float: fraction},
+    "share": {float: share},
     "tail": {int: tail_count},
 }
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
@@ -228,6 +230,7 @@ __all__ = [
     "add_column_mapping",
     "add_fields",
     "add_no_progress",
+    "add_run_arguments",
     "check_out",
     "fraction",
     "non_negative_float",
@@ -235,6 +238,7 @@ __all__ = [
     "positive_float",
     "positive_int",
     "settings_from_args",
+    "share",
     "tail_count",
     "training_output",
 ]

@@ -16,8 +16,8 @@ import argparse
 from afmrl.cli.arguments import (
     add_column_mapping,
     add_run_arguments,
-    fraction,
     non_negative_int,
+    share,
     training_output,
 )
 
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_column_mapping(parser)
     parser.add_argument(
         "--fraction",
-        type=fraction,
+        type=share,
         default=DEFAULT_FRACTION,
         help="share of the train rows the round trains on (default: %(default)s)",
     )

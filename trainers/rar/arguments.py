@@ -59,7 +59,7 @@ class RARArguments:
             "help": "default k as a share of the reward gallery (the paper's k=50 of a 100k "
             "gallery; k=1 on the default catalogue's 1,709 listings, where the SFT attributes hit "
             "about half the time)",
-            "check": "fraction",
+            "check": "share",
         },
     )
     gain_metric: str = field(
@@ -99,7 +99,7 @@ class RARArguments:
         default=1.0,
         metadata={
             "help": "share of the queries (train rows) RAR draws prompts from",
-            "check": "fraction",
+            "check": "share",
         },
     )
 
