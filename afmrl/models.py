@@ -34,7 +34,8 @@ def is_checkpoint_folder(folder: str | os.PathLike) -> bool:
         return False
 
 
-def _check_local_checkpoint(folder: Path, what: str) -> None:
+def check_checkpoint_folder(folder: Path, what: str) -> None:
+    """Raise a one-line :class:`UserError` unless ``folder`` holds an AFMRL checkpoint."""
     if not folder.is_dir():
         raise UserError(f"{what} {folder}: is a file, not a checkpoint folder")
     config_file = folder / "config.json"
@@ -69,7 +70,7 @@ def load_model(
     source = os.fspath(path)
     local = Path(source).expanduser()
     if local.exists():
-        _check_local_checkpoint(local, what)
+        check_checkpoint_folder(local, what)
         source = str(local)
     elif looks_like_local_path(source, (".safetensors", ".json")):
         raise MissingPathError(f"{what} {source}: no such folder")
@@ -105,4 +106,4 @@ def model_fingerprint(model: Any) -> str:
     return h.hexdigest()
 
 
-__all__ = ["is_checkpoint_folder", "load_model", "model_fingerprint"]
+__all__ = ["check_checkpoint_folder", "is_checkpoint_folder", "load_model", "model_fingerprint"]

@@ -383,12 +383,14 @@ class FakeHub:
 
     def __init__(self):
         self.repos: list[str] = []
+        self.repo_kwargs: list[dict] = []
         self.commits: list[dict] = []
 
     def create_repo(self, api, repo_id, **kwargs):
         from huggingface_hub import RepoUrl
 
         self.repos.append(repo_id)
+        self.repo_kwargs.append({"repo_id": repo_id, **kwargs})
         return RepoUrl(f"http://127.0.0.1/{repo_id}", endpoint="http://127.0.0.1")
 
     def create_commit(self, api, repo_id, operations, **kwargs):
@@ -397,7 +399,10 @@ class FakeHub:
         files = {}
         for op in operations:
             assert isinstance(op, CommitOperationAdd)
-            files[op.path_in_repo] = Path(op.path_or_fileobj).read_bytes()
+            source = op.path_or_fileobj
+            files[op.path_in_repo] = (
+                source if isinstance(source, bytes) else Path(source).read_bytes()
+            )
         self.commits.append({"repo_id": repo_id, "files": files, **kwargs})
         return None
 

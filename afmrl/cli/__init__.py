@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "retrieval metrics, report and Recall@K plot (several models, baselines)",
     "calibrate": "fit P(identical | score) on the validation split, stored with the checkpoint",
     "demo": "the Gradio demo (the Space): search, see why, fix an attribute, compare",
+    "push": "upload a checkpoint with its card, the catalogue as a dataset, the demo as a Space",
 }
 INTERRUPTED = "interrupted; rerun the same command to resume"
 

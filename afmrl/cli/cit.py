@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from afmrl.io import building, write_json_atomic
     from afmrl.models import load_model
     from afmrl.runtime import torch_settings
+    from hub_cards.cards import write_model_card
 
     wanted = ["train"] + (list(SPLIT_PAIRS[args.split]) if args.split != "none" else [])
     data = load_catalog(args.data, columns=parse_column_mapping(args.column), splits=wanted)
@@ -159,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
             shutil.copy2(Path(args.model) / AGCL_FILE, stage / AGCL_FILE)
         if metrics is not None:
             write_json_atomic(stage / EVAL_FILE, metrics)
+        write_model_card(stage, repo_id=str(out))
     if not args.keep_checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
     print(f"[cit] saved {out} ({json.dumps({k: summary[k] for k in ('rows', 'steps')})})")

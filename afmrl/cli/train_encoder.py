@@ -121,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     from afmrl.io import building
     from afmrl.models import load_model
     from afmrl.runtime import torch_settings
+    from hub_cards.cards import write_model_card
 
     train = load_catalog(args.data, columns=parse_column_mapping(args.column), splits=["train"])
     train = train["train"]
@@ -168,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
             log = checkpoints / MASKED_PAIRS_FILE
             if log.is_file():
                 shutil.copy2(log, stage / MASKED_PAIRS_FILE)
+            write_model_card(stage, repo_id=str(out))
     if not args.keep_checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]

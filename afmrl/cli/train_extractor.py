@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from afmrl.io import building, write_json_atomic
     from afmrl.models import load_model
     from afmrl.runtime import torch_settings
+    from hub_cards.cards import write_model_card
 
     # Only what this command uses: train, plus the validation splits for --eval (never the test
     # splits, which are reserved for final numbers).
@@ -118,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         write_json_atomic(stage / "extractor_sft.json", summary)
         if metrics is not None:
             write_json_atomic(stage / "extractor_eval.json", metrics)
+        write_model_card(stage, repo_id=str(out))
     if args.checkpoint_dir is None:
         shutil.rmtree(checkpoints, ignore_errors=True)
     print(f"[sft] saved {out} ({json.dumps(summary)})")

@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from afmrl.io import building, write_json_atomic
     from afmrl.models import load_model
     from afmrl.runtime import torch_settings
+    from hub_cards.cards import write_model_card
 
     with torch_settings(args.threads, flush_denormal=True):
         import torch
@@ -161,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         write_json_atomic(stage / SUMMARY_FILE, summary)
         if result.history:
             plot_reward_curve(stage / CURVE_FILE, {"RAR": result.history})
+        write_model_card(stage, repo_id=str(out))
     if not args.keep_checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
     brief = {k: summary[k] for k in ("steps", "queries", "reward_gallery", "recall_k", "lora")}

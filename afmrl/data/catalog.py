@@ -264,11 +264,18 @@ def _split_value(value: Any) -> str:
 
 
 def _load_hub(source: str, *, revision: str | None, cache_dir: Any) -> DatasetDict:
-    """``datasets.load_dataset`` with a clear error when the id cannot be loaded (offline or absent)."""
-    from datasets import Dataset, DatasetDict, load_dataset
+    """Every config of a Hub dataset, their splits together (``afmrl push`` stores the train pairs
+    and the retrieval splits as two configs: their columns differ), with a clear error when the id
+    cannot be loaded (offline or absent)."""
+    from datasets import Dataset, DatasetDict, get_dataset_config_names, load_dataset
 
     try:
-        loaded = load_dataset(source, revision=revision, cache_dir=cache_dir)
+        loaded = DatasetDict()
+        for config in get_dataset_config_names(source, revision=revision):
+            part = load_dataset(source, config, revision=revision, cache_dir=cache_dir)
+            if isinstance(part, Dataset):
+                part = DatasetDict({"train": part})
+            loaded.update(part)
     except Exception as err:
         offline = _hub_offline()
         why = (
@@ -280,8 +287,6 @@ def _load_hub(source: str, *, revision: str | None, cache_dir: Any) -> DatasetDi
             f"could not load catalogue {source!r}: there is no local file or folder by that name, "
             f"and as a Hub dataset id {why} ({type(err).__name__}: {err})"
         ) from err
-    if isinstance(loaded, Dataset):
-        loaded = DatasetDict({"train": loaded})
     return loaded
 
 

@@ -252,6 +252,7 @@ def test_cli_trains_and_saves_the_whole_checkpoint(tmp_path, capsys):
     assert summary["steps"] == 2 and len(summary["history"]) == 2
     assert summary["recall_k"] == 1 and summary["lora"] is False
     assert (out / "rar_reward.png").stat().st_size > 1000
+    assert "stage 2 RAR (GRPO, 2 steps, reward reciprocal_rank)" in (out / "README.md").read_text()
     assert not Path(f"{out}.checkpoints").exists()
     before = load_file(Path(trained_llava_checkpoint()) / "model.safetensors")
     after = load_file(out / "model.safetensors")
