@@ -39,7 +39,6 @@ SOURCE_ROOT = Path(__file__).resolve().parents[1]
 SPACE_PACKAGES = ("afmrl", "modeling_afmrl", "trainers")
 #: What ``app.py`` reads to know its model and catalogue (environment variables take precedence).
 SPACE_CONFIG = "space.json"
-SKIPPED_PARTS = frozenset({"__pycache__", ".git", ".ipynb_checkpoints"})
 
 
 @dataclass
@@ -56,7 +55,7 @@ def folder_files(folder: Path, prefix: str = "") -> dict[str, Path]:
     files = {}
     for path in sorted(folder.rglob("*")):
         parts = path.relative_to(folder).parts
-        if path.is_file() and not any(p in SKIPPED_PARTS or p.startswith(".") for p in parts):
+        if path.is_file() and not any(p == "__pycache__" or p.startswith(".") for p in parts):
             files[prefix + "/".join(parts)] = path
     return files
 
