@@ -146,7 +146,7 @@ class RARArguments:
         metadata={"help": "KL coefficient to the SFT policy (> 0 keeps a reference model)"},
     )
     learning_rate: float = field(
-        default=1e-5, metadata={"help": "peak learning rate", "check": "positive"}
+        default=5e-5, metadata={"help": "peak learning rate", "check": "positive"}
     )
     loss_type: str = field(
         default="dapo", metadata={"help": "GRPO loss aggregation", "choices": LOSS_TYPES}
@@ -155,7 +155,7 @@ class RARArguments:
         default="group",
         metadata={"help": "reward scaling of the advantages", "choices": SCALE_REWARDS},
     )
-    max_steps: int = field(default=200, metadata={"help": "GRPO steps", "check": "positive"})
+    max_steps: int = field(default=100, metadata={"help": "GRPO steps", "check": "positive"})
     warmup_steps: float = field(
         default=0.0,
         metadata={"help": "warm-up steps, or a ratio when < 1", "check": "non_negative"},
