@@ -215,7 +215,7 @@ def test_hub_refusals_are_one_line(status, says, hub, monkeypatch, capsys):
     from afmrl.cli import main
 
     def refuse(api, repo_id, **kwargs):
-        request = httpx.Request("POST", "https://huggingface.co/api/repos/create")
+        request = httpx.Request("POST", "http://127.0.0.1/api/repos/create")
         raise HfHubHTTPError("refused", response=httpx.Response(status, request=request))
 
     monkeypatch.setattr(HfApi, "create_repo", refuse)

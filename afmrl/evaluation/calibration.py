@@ -286,8 +286,7 @@ def split_pair_scores(
     evaluate`` encode them) and score pairs by cosine: each query's top ``candidates`` gallery
     listings (exact search), or every pair when ``candidates`` is ``None`` / 0 (then at most
     ``max_pairs``, by a seeded subset of the queries)."""
-    from afmrl.evaluation.runner import attribute_values
-    from afmrl.retrieval.encoding import encode_split
+    from afmrl.evaluation.runner import side_embeddings
     from afmrl.retrieval.index import RetrievalIndex
 
     for ds, name in ((query_ds, split_names[0]), (gallery_ds, split_names[1])):
@@ -297,21 +296,22 @@ def split_pair_scores(
         keep = max(1, max_pairs // len(gallery_ds))
         rows = np.sort(np.random.default_rng(seed).choice(len(query_ds), keep, replace=False))
         query_ds = query_ds.select(rows.tolist())
-    sides = []
-    for ds, name in ((query_ds, split_names[0]), (gallery_ds, split_names[1])):
-        attrs = attribute_values(
-            ds,
-            attributes,
-            name,
+    q, g = (
+        side_embeddings(
             model,
+            ds,
+            "listing",
+            None,
+            name,
+            attributes=attributes,
+            name="calibrate",
             batch_size=batch_size,
-            work_dir=Path(cache_dir) / name if cache_dir is not None else None,
+            cache_dir=cache_dir,
             show_progress=show_progress,
             max_new_tokens=max_new_tokens,
         )
-        desc = f"calibrate: {name}"
-        sides.append(encode_split(model, ds, "listing", attrs, batch_size, desc, show_progress))
-    q, g = sides  # [Q, D], [G, D], L2-normalised: inner product = cosine
+        for ds, name in ((query_ds, split_names[0]), (gallery_ds, split_names[1]))
+    )  # [Q, D], [G, D], L2-normalised: inner product = cosine
     if candidates:
         index = RetrievalIndex.build(g, np.arange(len(g)), "flat")
         scores, cols = index.search(q, k=min(int(candidates), len(g)))  # [Q, k] each

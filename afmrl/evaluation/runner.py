@@ -478,8 +478,8 @@ def evaluate_model(
         "max_new_tokens": max_new_tokens,
     }
     sides = [
-        _side_embeddings(model, query_ds, q_mod, query_attributes, split_names[0], **options),
-        _side_embeddings(model, gallery_ds, g_mod, gallery_attributes, split_names[1], **options),
+        side_embeddings(model, query_ds, q_mod, query_attributes, split_names[0], **options),
+        side_embeddings(model, gallery_ds, g_mod, gallery_attributes, split_names[1], **options),
     ]
     families = "family_id" in query_ds.column_names and "family_id" in gallery_ds.column_names
     q_ids, g_ids = list(query_ds["listing_id"]), list(gallery_ds["listing_id"])
@@ -507,7 +507,7 @@ def evaluate_model(
     return run
 
 
-def _side_embeddings(
+def side_embeddings(
     model,
     split_ds: Dataset,
     modality: str,

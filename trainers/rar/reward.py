@@ -41,7 +41,6 @@ cached per (photo, title, attribute text), so a group's repeated completions are
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 import time
@@ -54,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from afmrl.evaluation.metrics import hits_at_k, reciprocal_ranks, relevance_matrix
+from afmrl.io import fingerprint
 from afmrl.retrieval.attributes import (
     DEFAULT_MAX_NEW_TOKENS,
     GeneratedAttributes,
@@ -109,10 +109,7 @@ def _image_bytes(image: Any) -> bytes:
 
 def listing_key(image: Any, title: str | None) -> str:
     """Identifies a listing by its content: the photo's bytes and the title."""
-    h = hashlib.blake2b(digest_size=12)
-    h.update(_image_bytes(image))
-    h.update(b"\0" + str(title or "").encode("utf-8"))
-    return h.hexdigest()
+    return fingerprint(_image_bytes(image), str(title or ""))
 
 
 @dataclass
