@@ -470,3 +470,18 @@ def reward_catalog() -> str:
         CatalogConfig(products=150, seed=5, image_size=64), out, num_proc=1, log=lambda *a: None
     )
     return str(out)
+
+
+def run_two_processes(worker: Path, *args: str, tmp_path: Path) -> None:
+    """Run the script ``worker`` on 2 gloo processes with ``torch.distributed.run``; fails the test
+    with the end of its output when it fails."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(worker), *args,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]

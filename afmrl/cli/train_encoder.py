@@ -80,6 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         train,
         AGCLArguments,
         "per_device_train_batch_size",
+        "gradient_cache_chunk_size",
         "max_steps",
         "learning_rate",
         "head_learning_rate",

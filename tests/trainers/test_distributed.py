@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import run_two_processes
 
 from trainers.distributed import (
     gather_embeddings_and_attributes,
@@ -126,13 +125,7 @@ def test_two_processes_match_one_process(tmp_path):
     )
     out = tmp_path / "dist"
     out.mkdir()
-    env = {**os.environ, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(worker), str(out),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    run_two_processes(worker, str(out), tmp_path=tmp_path)
 
     # The reference: one process, the same 8 rows.
     data = tiny_listings(GLOBAL_BATCH)

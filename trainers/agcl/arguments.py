@@ -207,6 +207,16 @@ class AGCLArguments:
         default=False,
         metadata={"help": "write each step's listing ids and masked pairs to masked_pairs.jsonl"},
     )
+    gradient_cache_chunk_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "gradient caching (GradCache): embed the step's listings this many at a time "
+            "without gradients, take the loss of the whole batch, then replay each chunk with its "
+            "cached gradient; memory no longer grows with the batch, for about one extra forward "
+            "(None: off)",
+            "check": "positive",
+        },
+    )
 
     # ---- TrainingArguments defaults that suit contrastive training on a CPU
     learning_rate: float = field(

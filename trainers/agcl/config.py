@@ -83,6 +83,11 @@ class AGCLConfig(AGCLArguments, TrainingArguments):
         matryoshka (`bool`): average the loss over the model's Matryoshka dims (as `forward` does).
         log_masked_pairs (`bool`): write each step's listing ids and masked pairs to
             `output_dir/masked_pairs.jsonl` (for an offline audit of the filter).
+        gradient_cache_chunk_size (`int`, *optional*): gradient caching (GradCache,
+            `trainers.agcl.cached`): embed the step's `2B` listings this many at a time without
+            gradients, compute the loss of the whole batch, then replay each chunk with its cached
+            gradient. Same loss and gradients as the plain step; memory bounded by one chunk, for
+            about one extra forward pass. `None` (default): off.
     """
 
     def __post_init__(self):
@@ -101,6 +106,11 @@ class AGCLConfig(AGCLArguments, TrainingArguments):
         )
         if not 0.0 <= self.hard_fraction <= 1.0:
             raise ValueError(f"hard_fraction must be in [0, 1], got {self.hard_fraction}")
+        if self.gradient_cache_chunk_size is not None and self.gradient_cache_chunk_size < 1:
+            raise ValueError(
+                "gradient_cache_chunk_size must be >= 1 (listings per forward) or None (off), got "
+                f"{self.gradient_cache_chunk_size}"
+            )
         if self.sampler_group_size is not None and self.sampler_group_size < 1:
             raise ValueError(f"sampler_group_size must be >= 1, got {self.sampler_group_size}")
         if not 0.0 <= self.attribute_overlap <= 1.0:

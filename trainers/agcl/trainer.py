@@ -4,10 +4,13 @@ Per step: the collator (:mod:`trainers.agcl.collator`) gives ``2B`` listings (ea
 and another seller's listing of the same product); :func:`contrastive_step` embeds them in one
 forward, gathers the global batch across processes (:mod:`trainers.distributed`) and computes the
 loss (:mod:`trainers.agcl.loss`: BM25 hard-negative weights and the false-negative filter, or plain
-InfoNCE). Batches come from :class:`~trainers.agcl.sampler.ListingBatchSampler`. What is trained is
-set by :func:`trainers.freezing.configure_trainable`; a fully frozen vision tower is served from
-the frozen-feature cache (:mod:`trainers.feature_cache`). BatchNorm layers stay in eval mode (a
-frozen tower's statistics never move, and small contrastive batches make poor statistics).
+InfoNCE); with ``gradient_cache_chunk_size`` set,
+:func:`~trainers.agcl.cached.cached_contrastive_step` does the same in chunks with cached gradients
+(GradCache, :mod:`trainers.agcl.cached`), so the batch is not bounded by memory. Batches come from
+:class:`~trainers.agcl.sampler.ListingBatchSampler`. What is trained is set by
+:func:`trainers.freezing.configure_trainable`; a fully frozen vision tower is served from the
+frozen-feature cache (:mod:`trainers.feature_cache`). BatchNorm layers stay in eval mode (a frozen
+tower's statistics never move, and small contrastive batches make poor statistics).
 
 The final model is saved with ``save_pretrained`` (LoRA merged): a checkpoint that
 ``AutoModel.from_pretrained(..., trust_remote_code=True)`` and ``afmrl evaluate`` load directly.
@@ -39,6 +42,7 @@ from ..feature_cache import (
 from ..freezing import HEAD_PARAMETERS, base_afmrl_model, configure_trainable, tower_units
 from .arguments import SUMMARY_FILE
 from .bm25 import attribute_terms, bm25_statistics
+from .cached import cached_contrastive_step
 from .collator import AGCLCollator, resolve_columns
 from .config import AGCLConfig
 from .loss import AGCLLoss, AGCLLossOutput, attribute_dict, masked_pairs
@@ -187,7 +191,13 @@ class AGCLTrainer(Trainer):
             module.eval()
         for module in self._norm_layers:
             module.eval()
-        result, ids = contrastive_step(model, inputs, self.loss_fn, self.args.matryoshka)
+        chunk = self.args.gradient_cache_chunk_size
+        if chunk is None:
+            result, ids = contrastive_step(model, inputs, self.loss_fn, self.args.matryoshka)
+        else:
+            result, ids = cached_contrastive_step(
+                model, inputs, self.loss_fn, chunk, self.args.matryoshka
+            )
         if model.training:
             self._record(result, ids)
         return (result.loss, {"logits": result.logits}) if return_outputs else result.loss
@@ -305,7 +315,8 @@ class AGCLTrainer(Trainer):
             "pos_text_attributes_column", "batch_sampler", "hard_fraction", "sampler_group_size",
             "train_vision_blocks",
             "train_text_layers", "learning_rate", "head_learning_rate", "use_lora",
-            "per_device_train_batch_size", "max_steps", "num_train_epochs", "seed",
+            "per_device_train_batch_size", "gradient_cache_chunk_size", "max_steps",
+            "num_train_epochs", "seed",
         )  # fmt: skip
         summary = {k: getattr(self.args, k) for k in keys}
         summary.update(
