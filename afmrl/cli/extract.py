@@ -8,6 +8,10 @@ when malformed) -- so the column is exactly what they see. Resumable: finished s
 a ``DatasetDict`` (``save_to_disk``) that ``load_catalog`` reads, built beside ``--out`` and swapped in
 when complete, with ``extraction.json``: rows, malformed outputs and seconds per split. A train
 split's second listing (``pos_image`` / ``pos_title``) gets its own column ``pos_<column>``.
+
+Under ``torchrun --nproc-per-node N -m afmrl extract ...`` (or ``accelerate launch``) each process
+generates its part of every split (shards in ``WORK/<split>/part-RRRRR-of-NNNNN``) and the main
+process writes ``--out`` alone (:mod:`afmrl.retrieval.processes`).
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from afmrl.io import building, write_json_atomic
     from afmrl.models import load_model
     from afmrl.retrieval.attributes import generate_attributes
+    from afmrl.retrieval.processes import launched_processes
     from afmrl.runtime import torch_settings
 
     data = load_catalog(args.data, columns=parse_column_mapping(args.column))
@@ -86,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     work = Path(args.work_dir) if args.work_dir else Path(f"{out}.partial")
     report: dict[str, dict] = {}
     result = {}
-    with torch_settings(args.threads):
+    with torch_settings(args.threads), launched_processes() as processes:
         for name, split in data.items():
             if name not in splits:
                 result[name] = split
@@ -110,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
                     title_column=title_column,
                     desc=f"extract {name} {image_column}",
                     show_progress=not args.no_progress,
+                    processes=processes,
                 )
                 if column in split.column_names:
                     split = split.remove_columns(column)
@@ -119,21 +125,24 @@ def run(args: argparse.Namespace) -> int:
                     "malformed": generated.num_invalid,
                     "resumed_rows": generated.resumed_rows,
                 }
-                print(
-                    f"[extract] {name} -> {column}: {len(generated.texts)} rows, "
-                    f"{generated.num_invalid} malformed outputs (empty text), "
-                    f"{generated.resumed_rows} resumed",
-                    flush=True,
-                )
+                if processes.main:
+                    print(
+                        f"[extract] {name} -> {column}: {len(generated.texts)} rows, "
+                        f"{generated.num_invalid} malformed outputs (empty text), "
+                        f"{generated.resumed_rows} resumed",
+                        flush=True,
+                    )
             report[name]["seconds"] = round(time.perf_counter() - t0, 1)
             result[name] = split
-    with building(out) as stage:
-        DatasetDict(result).save_to_disk(str(stage))
-        write_json_atomic(
-            stage / REPORT_FILE,
-            {"model": str(args.model), "column": args.attributes_column, "splits": report},
-        )
-    if not args.keep_work:
-        shutil.rmtree(work, ignore_errors=True)
-    print(f"[extract] wrote {out}")
+        if processes.main:
+            with building(out) as stage:
+                DatasetDict(result).save_to_disk(str(stage))
+                write_json_atomic(
+                    stage / REPORT_FILE,
+                    {"model": str(args.model), "column": args.attributes_column, "splits": report},
+                )
+            if not args.keep_work:
+                shutil.rmtree(work, ignore_errors=True)
+            print(f"[extract] wrote {out}")
+        processes.wait()  # every process returns once the output is in place
     return 0

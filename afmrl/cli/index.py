@@ -1,7 +1,9 @@
 """``afmrl index``: encode a catalogue split into a faiss index folder, streaming and resumable.
 
 See :mod:`afmrl.retrieval.indexing` for the folder layout, the checkpointing and the resume rules.
-Index options are checked before anything is encoded.
+Index options are checked before anything is encoded. Under ``torchrun --nproc-per-node N -m afmrl
+index ...`` (or ``accelerate launch``) each process encodes its part of the split and the main one
+writes the index (:mod:`afmrl.retrieval.processes`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from afmrl.cli.arguments import (
 )
 from afmrl.retrieval.attributes import ATTRIBUTE_SOURCES
 from afmrl.retrieval.encoding import DEFAULT_ENCODE_BATCH_SIZE, MODALITIES
-from afmrl.retrieval.index import INDEX_KINDS
+from afmrl.retrieval.index import INDEX_KINDS, INDEX_LISTS, IVF_KINDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,12 +56,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--nlist", type=positive_int, default=None, help="IVF cells (default: about sqrt(N))"
     )
     parser.add_argument(
-        "--nprobe", type=positive_int, default=16, help="IVF cells visited per query"
+        "--nprobe",
+        type=positive_int,
+        default=16,
+        help="IVF cells visited per query, recorded as the index's default (afmrl search "
+        "--nprobe overrides it)",
     )
     parser.add_argument(
         "--pq-m", type=positive_int, default=None, help="IVF-PQ bytes per vector (divides dim)"
     )
     parser.add_argument("--hnsw-m", type=positive_int, default=32, help="HNSW graph degree")
+    parser.add_argument(
+        "--lists",
+        choices=INDEX_LISTS,
+        default="ram",
+        help="ivf / ivfpq: keep the inverted lists in RAM, or in a memory-mapped file beside the "
+        "index (filled block by block; for galleries past RAM) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--shards",
+        type=positive_int,
+        default=1,
+        help="ivf / ivfpq: deal the vectors over this many faiss indexes (one file each), searched "
+        "together with faiss.IndexShards (default: %(default)s)",
+    )
     add_column_mapping(parser)
     parser.add_argument(
         "--overwrite",
@@ -82,8 +102,13 @@ def run(args: argparse.Namespace) -> int:
     from afmrl.data import load_catalog, parse_column_mapping
     from afmrl.models import load_model
     from afmrl.retrieval.indexing import build_index, check_index_folder
+    from afmrl.retrieval.processes import launched_processes
     from afmrl.runtime import torch_settings
 
+    if args.kind not in IVF_KINDS and (args.lists != "ram" or args.shards != 1):
+        from afmrl.errors import UserError
+
+        raise UserError(f"--lists ondisk and --shards need --kind ivf or ivfpq, not {args.kind}")
     check_out(args.out, inputs=[args.model, args.data], ours=lambda _: True, overwrite=True)
     check_index_folder(Path(args.out), args.overwrite)
     split = load_catalog(args.data, columns=parse_column_mapping(args.column), splits=[args.split])
@@ -93,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         if args.debug_kill_after_batches is not None and done >= args.debug_kill_after_batches:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    with torch_settings(args.threads):
+    with torch_settings(args.threads), launched_processes() as processes:
         summary = build_index(
             model,
             split[args.split],
@@ -108,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
                 "nprobe": args.nprobe,
                 "pq_m": args.pq_m,
                 "hnsw_m": args.hnsw_m,
+                "lists": args.lists,
+                "shards": args.shards,
             },
             describe={
                 "model": os.path.abspath(args.model) if Path(args.model).exists() else args.model,
@@ -117,9 +144,11 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             show_progress=not args.no_progress,
             on_batch=on_batch,
+            processes=processes,
         )
-    print(
-        f"[index] wrote {args.out}: {summary.count} vectors of dim {summary.dim}, kind "
-        f"{summary.kind} ({summary.seconds:.0f} s)"
-    )
+    if processes.main:
+        print(
+            f"[index] wrote {args.out}: {summary.count} vectors of dim {summary.dim}, kind "
+            f"{summary.kind} ({summary.seconds:.0f} s)"
+        )
     return 0

@@ -26,6 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-k", "--top-k", type=positive_int, default=10, dest="k", help="results to show"
     )
+    parser.add_argument(
+        "--nprobe",
+        type=positive_int,
+        default=None,
+        help="ivf / ivfpq indexes: cells visited per query; more finds more of the true "
+        "neighbours, slower; the index's nlist is exhaustive (default: recorded at indexing)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object per result")
 
 
@@ -33,20 +40,29 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from afmrl.errors import UserError
-    from afmrl.models import load_model
+    from afmrl.models import load_model, model_fingerprint
     from afmrl.retrieval.index import RetrievalIndex
     from afmrl.retrieval.search import read_index_info, search_index
 
     if args.image is None and not args.title:
         raise UserError("give a query: --image PATH and/or --title TEXT")
-    index = RetrievalIndex.load(
-        args.index
-    )  # a missing or damaged index fails before the model loads
+    # A missing or damaged index (any of its files) fails before the model loads.
+    index = RetrievalIndex.load(args.index)
+    if args.nprobe is not None:
+        index.set_nprobe(args.nprobe)
     info = read_index_info(args.index) or {}
-    model_path = args.model or info.get("model")
+    if not index.built_with.get("model_fingerprint") and info.get("model_fingerprint"):
+        index.built_with = {
+            "model": info.get("model"),
+            "model_fingerprint": info["model_fingerprint"],
+        }
+    model_path = args.model or index.built_with.get("model") or info.get("model")
     if model_path is None:
         raise UserError(f"{args.index} records no model (no valid afmrl_index.json): pass --model")
     model = load_model(model_path, what="--model")
+    index.check_model(
+        model_fingerprint(model), f"--model {model_path}", where=f"the index {args.index}"
+    )
     hits, attributes = search_index(
         args.index, model, image=args.image, title=args.title, attributes=args.attributes, k=args.k,
         index=index,

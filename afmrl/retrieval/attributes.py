@@ -14,6 +14,11 @@ Generation is greedy and batched. With a ``work_dir`` it is resumable: rows are 
 (:class:`~afmrl.io.ShardFolder`) whose manifest fingerprints the model weights, the rows and the
 settings, so a killed run continues where it stopped and a folder made for another model, split or
 setting is refused rather than mixed in; the same folder then serves as a cache.
+
+Across the processes of a launch (``processes=``, :mod:`afmrl.retrieval.processes`; ``torchrun
+--nproc-per-node N -m afmrl extract ...``): each process generates its contiguous part of the rows
+(``split_dataset_by_node``) into its own ``WORK/part-RRRRR-of-NNNNN`` shard folder, and every process
+gets the whole split's result, gathered in rank order (the split's row order).
 """
 
 from __future__ import annotations
@@ -21,11 +26,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from afmrl.io import ShardFolder, ids_fingerprint
 from afmrl.progress import progress_bar
 from modeling_afmrl.attributes import ATTRIBUTE_FORMAT_VERSION, canonical_attribute_text
+
+from .processes import Processes
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -100,6 +108,7 @@ def generate_attributes(
     title_column: str = "title",
     desc: str = "extract",
     show_progress: bool = True,
+    processes: Processes | None = None,
 ) -> GeneratedAttributes:
     """Generate the attributes of every row of ``split`` with ``model``'s extractor.
 
@@ -111,9 +120,12 @@ def generate_attributes(
         batch_size: listings per ``generate`` call.
         max_new_tokens: generation budget per listing.
         shard_size: rows per shard (default: ``batch_size``; rounded up to a multiple of it).
+        processes: the processes of a launch (:func:`~afmrl.retrieval.processes.
+            launched_processes`): every one of them calls this with the same arguments and
+            generates its part (its shards in ``work_dir/part-RRRRR-of-NNNNN``). Default: one.
 
     Returns:
-        :class:`GeneratedAttributes`, one text per row in row order.
+        :class:`GeneratedAttributes`, one text per row in row order (on every process).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -123,17 +135,48 @@ def generate_attributes(
         if column not in split.column_names:
             raise ValueError(f"the split has no {column!r} column (columns: {split.column_names})")
     shard_size = -(-max(shard_size or batch_size, 1) // batch_size) * batch_size
+    settings = {
+        "columns": [image_column, title_column],
+        "batch_size": batch_size,
+        "shard_size": shard_size,
+        "max_new_tokens": max_new_tokens,
+    }
+    procs = processes or Processes()
+    mine = _generate_part(
+        model,
+        procs.part(split),
+        None if work_dir is None else procs.part_folder(work_dir),
+        settings,
+        desc,
+        show_progress and procs.main,
+    )
+    if procs.count == 1:
+        return mine
+    parts = procs.gather(mine)
+    return GeneratedAttributes(
+        [t for part in parts for t in part.texts],
+        [r for part in parts for r in part.raw],
+        sum(part.resumed_rows for part in parts),
+    )
+
+
+def _generate_part(
+    model: Any,
+    split: Dataset,
+    work_dir: Path | None,
+    settings: dict[str, Any],
+    desc: str,
+    show_progress: bool,
+) -> GeneratedAttributes:
+    """:func:`generate_attributes` of one process's rows, resuming from ``work_dir``."""
+    image_column, title_column = settings["columns"]
+    batch_size, shard_size = settings["batch_size"], settings["shard_size"]
+    max_new_tokens = settings["max_new_tokens"]
     total = len(split)
     num_shards = -(-total // shard_size)
     shards = None
     done = 0
     if work_dir is not None:
-        settings = {
-            "columns": [image_column, title_column],
-            "batch_size": batch_size,
-            "shard_size": shard_size,
-            "max_new_tokens": max_new_tokens,
-        }
         shards = ShardFolder(work_dir, _manifest(model, split, settings))
         done = shards.open(num_shards)
     texts: list[str] = []

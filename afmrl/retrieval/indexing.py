@@ -16,6 +16,14 @@ encoded). An interrupted build leaves the previous index, if any, intact.
 With ``attributes="generated"`` the split's attributes come from
 :func:`afmrl.retrieval.attributes.generate_attributes` first (resumable too, in
 ``OUT/.partial/attributes``), so the texts are exactly what ``afmrl extract`` writes.
+
+Across processes (``torchrun --nproc-per-node N -m afmrl index ...``, :mod:`afmrl.retrieval.
+processes`): each process takes its contiguous part of the rows (``split_dataset_by_node``) and
+checkpoints it in its own ``OUT/.partial/part-RRRRR-of-NNNNN/`` (a :class:`ShardFolder` whose
+manifest adds the part's rows; its generated attributes in ``attributes/`` below it); once every part
+is done, the main process alone builds the index from the parts' shards in rank order -- the same
+rows in the same order as one process -- and swaps it in. A killed launch rerun with the same N
+resumes every part.
 """
 
 from __future__ import annotations
@@ -23,8 +31,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +61,7 @@ from .index import (
     default_nlist,
     default_train_size,
 )
+from .processes import Processes
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -60,6 +70,8 @@ PARTIAL_DIR = ".partial"
 INFO_FILE = "afmrl_index.json"
 LISTINGS_FILE = "listings.jsonl"
 INFO_FORMAT = "afmrl-index-info"
+#: What a part's manifest adds to the settings (``OUT/.partial/part-RRRRR-of-NNNNN``).
+_PART_KEYS = ("process", "processes", "part_ids_sha256", "part_num_rows")
 
 
 @dataclass
@@ -111,6 +123,7 @@ def build_index(
     show_progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
     log: Callable[[str], None] = print,
+    processes: Processes | None = None,
 ) -> IndexSummary:
     """Encode every row of ``split`` with ``model`` into an index folder ``out`` (resumable).
 
@@ -122,11 +135,16 @@ def build_index(
             validated before anything is encoded.
         describe: where the model and data came from, recorded in ``afmrl_index.json``.
         overwrite: start over, discarding an unfinished run and replacing a complete index.
-        on_batch: called with the number of batches checkpointed so far, after each one.
+        on_batch: called with the number of batches checkpointed so far (by this process), after
+            each one.
+        processes: the processes of a launch (:func:`~afmrl.retrieval.processes.
+            launched_processes`); every one of them calls this with the same arguments, each
+            encodes its part, the main one writes ``out``. Default: one process.
     """
     from afmrl.models import model_fingerprint
 
     start = time.perf_counter()
+    procs = processes or Processes()
     check_choice(kind, INDEX_KINDS, "kind")
     check_choice(modality, MODALITIES, "modality")
     check_choice(attributes, ATTRIBUTE_SOURCES, "attributes")
@@ -153,30 +171,94 @@ def build_index(
         "attributes": attributes,
         "max_new_tokens": max_new_tokens if attributes == "generated" else None,
     }
-    work = ShardFolder(out / PARTIAL_DIR, manifest, restart_hint="use --overwrite to start over")
     if overwrite:
-        work.remove()
-    total = math.ceil(n / batch_size)
+        procs.wait()  # every process has checked the folder before any of it goes
+        if procs.main:
+            shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
+        procs.wait()
+    other = _other_process_counts(out / PARTIAL_DIR, procs.count)
+    if other and procs.main:
+        log(f"[index] {out / PARTIAL_DIR} also holds unfinished work of a run on "
+            f"{' / '.join(map(str, other))} process(es): only a rerun on as many reuses it")  # fmt: skip
+    part = procs.part(split)
+    part_ids = ids if procs.count == 1 else [_plain(v) for v in part["listing_id"]]
+    work = _part_work(out, manifest, procs, procs.rank, part_ids)
+    total = math.ceil(len(part) / batch_size)
     done = work.open(total)
     if done:
-        log(f"[index] resuming: {done}/{total} batches already encoded in {work.folder}")
-    texts = _attribute_texts(model, split, modality, attributes, batch_size, max_new_tokens, work)
-    view = split.select_columns(list(dict.fromkeys(["title", *columns_of(modality)])))
-    with progress_bar(
-        total=total, initial=done, desc="index", unit="batch", enabled=show_progress
-    ) as bar:
+        log(f"[index] {procs.label()}resuming: {done}/{total} batches already encoded in "
+            f"{work.folder}")  # fmt: skip
+    show = show_progress and procs.main  # one bar: the main process's part
+    texts = _attribute_texts(
+        model, part, modality, attributes, batch_size, max_new_tokens, work, show
+    )
+    view = part.select_columns(list(dict.fromkeys(["title", *columns_of(modality)])))
+    with progress_bar(total=total, initial=done, desc="index", unit="batch", enabled=show) as bar:
         for batch in range(done, total):
-            lo, hi = batch * batch_size, min(n, (batch + 1) * batch_size)
-            _encode_shard(model, work, batch, view[lo:hi], ids[lo:hi],
+            lo, hi = batch * batch_size, min(len(part), (batch + 1) * batch_size)
+            _encode_shard(model, work, batch, view[lo:hi], part_ids[lo:hi],
                           texts[lo:hi] if texts is not None else None, modality, batch_size)  # fmt: skip
             bar.update(1)
             if on_batch is not None:
                 on_batch(batch + 1)
-    log(f"[index] batches: {total} total, {done} reused from an interrupted run, "
-        f"{total - done} encoded now")  # fmt: skip
-    with building(out) as stage:
-        index = _write_index_folder(stage, work, total, dim, kind, options, describe)
-    return IndexSummary(index.count, index.dim, kind, total, done, time.perf_counter() - start)
+    counts = procs.gather((total, done))  # with more than one process: all parts are encoded
+    batches, reused = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    if procs.main:
+        log(f"[index] batches: {batches} total, {reused} reused from an interrupted run, "
+            f"{batches - reused} encoded now"
+            + (f" ({procs.count} processes)" if procs.count > 1 else ""))  # fmt: skip
+        shards = [(work, b) for b in range(total)]
+        if procs.count > 1:
+            shards = _all_part_shards(out, manifest, procs, split, batch_size)
+        describe = dict(describe or {})
+        if procs.count > 1:
+            describe["processes"] = procs.count
+        with building(out) as stage:
+            _write_index_folder(stage, shards, dim, kind, options, describe, work)
+    procs.wait()  # every process returns once the index is in place
+    return IndexSummary(n, dim, kind, batches, reused, time.perf_counter() - start)
+
+
+def _part_work(
+    out: Path, manifest: Mapping[str, Any], procs: Processes, rank: int, part_ids: list
+) -> ShardFolder:
+    """The shard folder of process ``rank``: ``OUT/.partial`` itself for one process, else its
+    part folder, whose manifest adds the part's rows (``part_ids``)."""
+    hint = "use --overwrite to start over"
+    if procs.count == 1:
+        return ShardFolder(out / PARTIAL_DIR, manifest, restart_hint=hint)
+    part = (rank, procs.count, ids_fingerprint(part_ids), len(part_ids))
+    part_manifest = {**manifest, **dict(zip(_PART_KEYS, part, strict=True))}
+    return ShardFolder(procs.part_folder(out / PARTIAL_DIR, rank), part_manifest, restart_hint=hint)
+
+
+def _other_process_counts(partial: Path, count: int) -> list[int]:
+    """Process counts, other than ``count``, of runs that left shard folders in ``partial``."""
+    found = set()
+    if (partial / ShardFolder.MANIFEST_FILE).is_file():
+        found.add(1)
+    for folder in partial.glob("part-*-of-*"):
+        tail = folder.name.rpartition("-of-")[2]
+        if folder.is_dir() and tail.isdigit():
+            found.add(int(tail))
+    return sorted(found - {count})
+
+
+def _all_part_shards(
+    out: Path, manifest: Mapping[str, Any], procs: Processes, split: Dataset, batch_size: int
+) -> list[tuple[ShardFolder, int]]:
+    """``(folder, shard)`` of every part in rank order (the split's row order), each checked
+    complete."""
+    shards = []
+    for rank in range(procs.count):
+        part_ids = [_plain(v) for v in procs.part(split, rank)["listing_id"]]
+        work = _part_work(out, manifest, procs, rank, part_ids)
+        total = math.ceil(len(part_ids) / batch_size)
+        done = work.open(total)
+        if done != total:
+            raise RuntimeError(f"{work.folder}: {done} of {total} batches done after the barrier")
+        shards += [(work, b) for b in range(total)]
+    return shards
 
 
 def _encode_shard(model, work, batch, rows, ids, attrs, modality, batch_size) -> None:
@@ -188,17 +270,23 @@ def _encode_shard(model, work, batch, rows, ids, attrs, modality, batch_size) ->
     work.write(batch, columns, {"embeddings": emb})
 
 
-def _write_index_folder(stage, work, total, dim, kind, options, describe) -> RetrievalIndex:
+def _write_index_folder(stage, shards, dim, kind, options, describe, work):
     """The index, ``listings.jsonl`` and ``afmrl_index.json`` from the finished shards."""
-    index = _fill_index(work, total, dim, kind, options)
+    index = _fill_index(shards, dim, kind, options)
+    # What the vectors were made with, kept in index.json: `afmrl search` refuses another model.
+    model = (describe or {}).get("model")
+    index.built_with = {"model": model, "model_fingerprint": work.manifest["model_fingerprint"]}
     index.save(stage)
-    _write_listings(stage / LISTINGS_FILE, work, total)
+    _write_listings(stage / LISTINGS_FILE, shards)
     meta = json.loads((stage / META_FILE).read_text(encoding="utf-8"))
+    # The settings: the manifest of one process (a part's manifest adds where its rows are).
+    settings = {k: v for k, v in work.manifest.items() if k not in _PART_KEYS}
     info = {
         "format": INFO_FORMAT,
         **dict(describe or {}),
-        **work.manifest,
+        **settings,
         "kind": kind,
+        "params": index.params,
         "count": index.count,
         "dim": index.dim,
         "index_sha256": meta["sha256"],
@@ -208,7 +296,7 @@ def _write_index_folder(stage, work, total, dim, kind, options, describe) -> Ret
     return index
 
 
-def _attribute_texts(model, split, modality, attributes, batch_size, max_new_tokens, work):
+def _attribute_texts(model, split, modality, attributes, batch_size, max_new_tokens, work, show):
     """One attribute text per row (or ``None``) for the listing text of every batch."""
     if attributes == "none" or modality == "image":
         return None
@@ -221,6 +309,7 @@ def _attribute_texts(model, split, modality, attributes, batch_size, max_new_tok
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         desc="index: extract",
+        show_progress=show,
     ).texts
 
 
@@ -234,39 +323,41 @@ def _index_kwargs(kind: str, options: Mapping[str, Any], count: int) -> dict[str
         kwargs.update(nlist=nlist, nprobe=options.get("nprobe") or 16)
         if kind == "ivfpq" and options.get("pq_m"):
             kwargs["pq_m"] = options["pq_m"]
+        # Past RAM (RetrievalIndex): inverted lists in a memory-mapped file, and/or shards.
+        kwargs.update({k: options[k] for k in ("lists", "shards") if options.get(k)})
     if kind == "hnsw" and options.get("hnsw_m"):
         kwargs["hnsw_m"] = options["hnsw_m"]
     return kwargs
 
 
 def _fill_index(
-    work: ShardFolder, total: int, dim: int, kind: str, options: Mapping[str, Any]
+    shards: Sequence[tuple[ShardFolder, int]], dim: int, kind: str, options: Mapping[str, Any]
 ) -> RetrievalIndex:
-    """A ``RetrievalIndex`` filled from the shards, one shard in memory at a time."""
-    sizes = [len(work.read(b, mmap=True)[1]["embeddings"]) for b in range(total)]
+    """A ``RetrievalIndex`` filled from the shards, in order, one shard in memory at a time."""
+    sizes = [len(work.read(b, mmap=True)[1]["embeddings"]) for work, b in shards]
     n = sum(sizes)
     index = RetrievalIndex(dim, kind, **_index_kwargs(kind, options, n))
     if kind in ("ivf", "ivfpq"):
         size = min(n, default_train_size(index.params["nlist"], kind == "ivfpq"))
         rows = np.sort(np.random.default_rng(0).choice(n, size=size, replace=False))
         sample, offset = [], 0
-        for b, count in enumerate(sizes):
+        for (work, b), count in zip(shards, sizes, strict=True):
             local = rows[(rows >= offset) & (rows < offset + count)] - offset
             if len(local):
                 sample.append(work.read(b, mmap=True)[1]["embeddings"][local])
             offset += count
         index.train(np.concatenate(sample), expected_count=n)
     index.reserve(n)
-    for b in range(total):
+    for work, b in shards:
         rows, arrays = work.read(b)
         index.add(arrays["embeddings"], rows["ids"])
     return index
 
 
-def _write_listings(path: Path, work: ShardFolder, total: int) -> None:
+def _write_listings(path: Path, shards: Sequence[tuple[ShardFolder, int]]) -> None:
     """``listings.jsonl``: one ``{"id", "title"[, "attributes"]}`` per row, insertion order."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for b in range(total):
+        for work, b in shards:
             rows, _ = work.read(b, mmap=True)
             attrs = rows.get("attributes") or [None] * len(rows["ids"])
             for i, title, attr in zip(rows["ids"], rows["titles"], attrs, strict=True):

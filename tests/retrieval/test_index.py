@@ -19,17 +19,6 @@ from afmrl.retrieval.index import IndexFileError, RetrievalIndex
 from afmrl.retrieval.ranking import rank_by_scores
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_faiss_thread():
-    """Tiny indexes gain nothing from threads, and OpenMP spin-waits stall on a busy machine."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
-
 def _random(n: int, dim: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
 
@@ -354,8 +343,8 @@ def test_killed_while_saving_in_a_loop_always_loads_a_complete_version(tmp_path)
         proc.wait()
         try:
             loaded = RetrievalIndex.load(folder)
-        except IndexFileError as err:  # killed before any save completed
-            assert "holds no complete index" in str(err)
+        except IndexFileError as err:  # killed before any save completed (or began, when busy)
+            assert "holds no complete index" in str(err) or not folder.exists(), err
             continue
         n = loaded.count
         assert n in range(20000, 60000, 1000)
