@@ -124,6 +124,10 @@ def run(args: argparse.Namespace) -> int:
             )
         except ValueError as err:  # settings that contradict each other, a split without pairs
             raise UserError(str(err)) from err
+        trainer = result.trainer
+        if not trainer.is_world_process_zero():  # a multi-process launch: the main process saves
+            trainer.save_final_model(out)  # writes nothing here; waits for the main process
+            return 0
         summary = {
             "rows": len(result.rows),
             "train_rows": len(data["train"]),
@@ -136,31 +140,32 @@ def run(args: argparse.Namespace) -> int:
             "stage1_settings_found": bool(stage1),
             "agcl_settings": {k: v for k, v in kwargs.items() if k != "output_dir"},
         }
-        metrics = None
-        if args.split != "none":
-            from afmrl.evaluation.runner import evaluate_model
+        with building(out) as stage:
+            # Saved first: the other processes of a launch wait for it, not for the evaluation.
+            trainer.save_final_model(stage)
+            metrics = None
+            if args.split != "none":
+                from afmrl.evaluation.runner import evaluate_model
 
-            model.eval()
-            q_name, g_name = SPLIT_PAIRS[args.split]
-            run_ = evaluate_model(
-                model,
-                data[q_name],
-                data[g_name],
-                attributes="generated",
-                name=out.name,
-                cache_dir=checkpoints / "eval_cache",
-                show_progress=not args.no_progress,
-                split_names=(q_name, g_name),
-            )
-            metrics = {"split": args.split, "attributes": "generated", **run_.metrics}
-    with building(out) as stage:
-        result.trainer.save_final_model(stage)
-        write_json_atomic(stage / SUMMARY_FILE, summary)
-        if (Path(args.model) / AGCL_FILE).is_file() and not (stage / AGCL_FILE).is_file():
-            shutil.copy2(Path(args.model) / AGCL_FILE, stage / AGCL_FILE)
-        if metrics is not None:
-            write_json_atomic(stage / EVAL_FILE, metrics)
-        write_model_card(stage, repo_id=str(out))
+                model.eval()
+                q_name, g_name = SPLIT_PAIRS[args.split]
+                run_ = evaluate_model(
+                    model,
+                    data[q_name],
+                    data[g_name],
+                    attributes="generated",
+                    name=out.name,
+                    cache_dir=checkpoints / "eval_cache",
+                    show_progress=not args.no_progress,
+                    split_names=(q_name, g_name),
+                )
+                metrics = {"split": args.split, "attributes": "generated", **run_.metrics}
+            write_json_atomic(stage / SUMMARY_FILE, summary)
+            if (Path(args.model) / AGCL_FILE).is_file() and not (stage / AGCL_FILE).is_file():
+                shutil.copy2(Path(args.model) / AGCL_FILE, stage / AGCL_FILE)
+            if metrics is not None:
+                write_json_atomic(stage / EVAL_FILE, metrics)
+            write_model_card(stage, repo_id=str(out))
     if not args.keep_checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
     print(f"[cit] saved {out} ({json.dumps({k: summary[k] for k in ('rows', 'steps')})})")

@@ -107,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
             config,
             resume_from_checkpoint=True if args.resume else None,
         )
+        if not config.should_save:  # under a multi-process launch only the main process saves
+            return 0
         summary = _summary(result, time.perf_counter() - t0, time.process_time() - cpu0)
         metrics = None
         if args.eval:

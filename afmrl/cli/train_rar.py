@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     reward = parser.add_argument_group("reward")
     add_fields(reward, RARArguments, "reward_mode", "recall_k", "recall_k_fraction",
                "gain_metric", "format_penalty", "reward_depth", "reward_positives", "gallery_size",
-               "train_fraction")  # fmt: skip
+               "gallery_attributes_column", "train_fraction")  # fmt: skip
     policy = parser.add_argument_group("policy (GRPO)")
     add_fields(
         policy,
@@ -80,6 +80,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser.add_argument_group("run"))
 
 
+def rar_config(args: argparse.Namespace, output_dir: str, gpu: bool):
+    """The :class:`~trainers.rar.config.RARConfig` (TRL's ``GRPOConfig`` plus RAR's settings) that
+    the parsed flags describe: bf16 on a GPU, the CPU otherwise, ``--use-vllm`` / ``--vllm-mode``
+    passed to TRL. Settings that contradict each other are a :class:`UserError`."""
+    from afmrl.cli.arguments import settings_from_args
+    from afmrl.errors import UserError
+    from trainers.rar.config import RARConfig
+
+    try:
+        return settings_from_args(
+            RARConfig,
+            args,
+            output_dir=output_dir,
+            save_strategy="steps",
+            seed=args.seed,
+            use_cpu=not gpu,
+            bf16=gpu,
+            use_vllm=args.use_vllm,
+            vllm_mode=args.vllm_mode,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+        )
+    except ValueError as err:  # settings that contradict each other (e.g. group vs batch)
+        raise UserError(str(err)) from err
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     import shutil
@@ -90,7 +116,6 @@ def run(args: argparse.Namespace) -> int:
 
     out, checkpoints = training_output(args, args.checkpoint_dir)
 
-    from afmrl.cli.arguments import settings_from_args
     from afmrl.data import load_catalog, parse_column_mapping
     from afmrl.io import building, write_json_atomic
     from afmrl.models import load_model
@@ -100,32 +125,20 @@ def run(args: argparse.Namespace) -> int:
     with torch_settings(args.threads, flush_denormal=True):
         import torch
 
-        from trainers.rar.config import RARConfig
         from trainers.rar.curve import curve_summary, plot_reward_curve
         from trainers.rar.trainer import train_rar
 
         gpu = torch.cuda.is_available()
-        try:  # settings are checked before any data or model is read
-            config = settings_from_args(
-                RARConfig,
-                args,
-                output_dir=str(checkpoints),
-                save_strategy="steps",
-                seed=args.seed,
-                use_cpu=not gpu,
-                bf16=gpu,
-                use_vllm=args.use_vllm,
-                vllm_mode=args.vllm_mode,
-                dataloader_num_workers=0,
-                disable_tqdm=True,
-            )
-        except ValueError as err:  # settings that contradict each other (e.g. group vs batch)
-            raise UserError(str(err)) from err
+        # settings are checked before any data or model is read
+        config = rar_config(args, str(checkpoints), gpu=gpu)
         # Only the train split: every RAR choice is made on validation by `afmrl evaluate`, and
         # the test splits are for final numbers.
         data = load_catalog(args.data, columns=parse_column_mapping(args.column), splits=["train"])
         train = data["train"]
         model = load_model(args.model, need_extractor=True, what="--model")
+        # TRL moves only the policy: the reward's encoder (and the SFT gallery's extraction) run
+        # where the model is, so it goes to this process's device too (a no-op on a CPU).
+        model.to(config.device)
         t0 = time.perf_counter()
         try:
             result = train_rar(
@@ -140,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(str(err)) from err
         except ImportError as err:  # --use-vllm without vLLM installed
             raise UserError(str(err)) from err
+        if not config.should_save:  # under a multi-process launch only the main process saves
+            return 0
         summary = {
             "steps": result.global_step,
             "queries": result.num_queries,

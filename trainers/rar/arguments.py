@@ -92,6 +92,14 @@ class RARArguments:
             "check": "non_negative",
         },
     )
+    gallery_attributes_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "read the reward gallery's attributes from this train column (the partners' "
+            "attributes the SFT extractor already wrote, e.g. afmrl extract's pos_attributes) "
+            "instead of generating them with --model's extractor",
+        },
+    )
     reward_batch_size: int = field(
         default=64, metadata={"help": "listings per encoder forward pass", "check": "positive"}
     )

@@ -151,21 +151,6 @@ def cit_round(
     from trainers.agcl.trainer import AGCLTrainer
 
     rows = cit_rows(len(train), fraction, seed)
-    t0 = time.perf_counter()
-    model.eval()
-    subset, invalid = add_attribute_columns(
-        model,
-        train.select(rows),
-        column,
-        work_dir=Path(work_dir) / "attributes" if work_dir is not None else None,
-        show_progress=show_progress,
-    )
-    extract_seconds = time.perf_counter() - t0
-    if progress is not None:
-        progress(
-            f"[cit] {len(rows)} of {len(train)} train rows, attributes re-extracted "
-            f"({invalid} malformed of {2 * len(rows)}, {extract_seconds:.0f}s)"
-        )
     config = AGCLConfig(
         **{
             **dict(config_kwargs),
@@ -175,6 +160,24 @@ def cit_round(
             "seed": seed,
         }
     )
+    t0 = time.perf_counter()
+    model.to(config.device).eval()  # the extraction runs on this process's device
+    # Under a multi-process launch the main process generates the attributes into ``work_dir``;
+    # the others then read them from there (without ``work_dir`` each process generates its own).
+    with config.main_process_first(local=True, desc="the CIT attributes"):
+        subset, invalid = add_attribute_columns(
+            model,
+            train.select(rows),
+            column,
+            work_dir=Path(work_dir) / "attributes" if work_dir is not None else None,
+            show_progress=show_progress,
+        )
+    extract_seconds = time.perf_counter() - t0
+    if progress is not None:
+        progress(
+            f"[cit] {len(rows)} of {len(train)} train rows, attributes re-extracted "
+            f"({invalid} malformed of {2 * len(rows)}, {extract_seconds:.0f}s)"
+        )
     trainer = AGCLTrainer(model, config, train_dataset=subset)
     t1 = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=resume_from_checkpoint)

@@ -21,6 +21,8 @@ class RARConfig(RARArguments, GRPOConfig):
         format_penalty (`float`): reward of a malformed or empty completion (-0.1).
         reward_depth (`int`): ranked list length per completion.
         gallery_size (`int`): reward-gallery listings, drawn by whole categories (0: all).
+        gallery_attributes_column (`str`, *optional*): a train column holding the partners' SFT
+            attributes (``afmrl extract``'s ``pos_attributes``) instead of generating them.
         train_fraction (`float`): share of the train rows RAR draws prompts from.
 
     Policy:

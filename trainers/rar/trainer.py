@@ -305,6 +305,7 @@ def reward_from_config(
         format_penalty=config.format_penalty,
         depth=config.reward_depth,
         gallery_size=config.gallery_size,
+        gallery_attributes_column=config.gallery_attributes_column,
         positives=config.reward_positives,
         batch_size=config.reward_batch_size,
         max_new_tokens=config.max_completion_length,
@@ -342,7 +343,10 @@ def train_rar(
         p.requires_grad_(False)
     info: PairRewardData | None = None
     if reward is None:
-        reward, info = reward_from_config(model, train, config, cache_dir, show_progress)
+        # Under a multi-process launch the main process generates the SFT gallery attributes into
+        # ``cache_dir``; the others then read them from there.
+        with config.main_process_first(local=True, desc="the reward gallery"):
+            reward, info = reward_from_config(model, train, config, cache_dir, show_progress)
         rows = info.query_rows
     else:
         ids = train["listing_id"]
@@ -363,8 +367,10 @@ def train_rar(
         # receives the current weights every step; the extractor inside an AFMRL checkpoint has
         # no folder of its own, so it gets one.
         policy_dir = Path(config.output_dir) / "vllm_policy"
-        extractor.save_pretrained(policy_dir)
-        model.processor.extractor_processor.save_pretrained(policy_dir)
+        with config.main_process_first(local=True, desc="the vLLM policy folder"):
+            if config.local_process_index == 0:  # one writer per machine
+                extractor.save_pretrained(policy_dir)
+                model.processor.extractor_processor.save_pretrained(policy_dir)
         extractor.config._name_or_path = str(policy_dir)
     log = RARLog(progress)
     extractor.train()
