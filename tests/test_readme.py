@@ -2,8 +2,8 @@
 
 Every ```python block runs in one namespace, in order; every ```bash line that starts with
 ``afmrl`` runs as a command. The scratch folder holds what the examples name: the quickstart's
-checkpoint (``outputs/quickstart/base_model``, the embedded default), a photo ``shoe.jpg`` and a
-user catalogue ``my_catalog/`` with its own column names. The Hub is patched at its boundary (a
+published model (``outputs/quickstart/afmrl-model``; here an untrained embedded default), a photo
+``shoe.jpg`` and a user catalogue ``my_catalog/`` with its own column names. The Hub is patched at its boundary (a
 push is recorded, not sent). The one block that needs the Hub to download backbones says so on its
 first line and is not run.
 """

@@ -1,116 +1,84 @@
-"""``afmrl pipeline``: the main job, end to end on the embedded default.
+"""``afmrl pipeline``: the whole paper, end to end, on one catalogue (the README's first command).
 
-Stages so far: (1) the synthetic catalogue with a preview sheet, (2) the embedded default checkpoint
-(its extractor tokenizer trained on the catalogue's train split), (3) its evaluation on the test
-split beside the peers (metrics.json, report.md, recall_at_k.png), (4) the calibration of
-"identical" on the validation split, stored with the checkpoint for the demo. Each stage is an ``afmrl``
-command. A stage is recognised as finished by its *fingerprint* -- its command line and the
-fingerprints of the stages it reads -- recorded in ``OUT/pipeline.json`` when it succeeds: a rerun
-with the same settings skips it, a rerun with other settings (or after an upstream stage changed)
-runs it again and everything after it.
+catalogue -> embedded default -> extractor SFT -> attribute extraction -> stage-1 encoders
+(InfoNCE and AGCL with the same budget, AGCL on the SFT attributes) -> RAR -> one CIT round
+(which re-extracts with the RAR extractor) -> evaluation of every variant beside the peers -> the
+published model, chosen on validation, as a Hub-ready folder with its card and calibration -> the
+ablation report (``OUT/report.md`` and plots). :mod:`afmrl.pipeline` has the stages and how a rerun
+skips finished stages and resumes a killed one; ``--smoke`` runs the same stages at tiny sizes.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from afmrl.cli.arguments import positive_int
-from afmrl.data.synthetic.config import CatalogConfig
+from afmrl.cli.arguments import add_fields, add_no_progress
+from afmrl.pipeline.settings import PIPELINE_FLAGS, PipelineSettings
 
-STATE_FILE = "pipeline.json"
+DEFAULT_OUT = "outputs/quickstart"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="outputs/quickstart", help="output folder")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: %(default)s)")
+    add_fields(parser, PipelineSettings, *PIPELINE_FLAGS)
     parser.add_argument(
-        "--products",
-        type=positive_int,
-        default=CatalogConfig.products,
-        help="catalogue size (default: %(default)s)",
+        "--smoke",
+        action="store_true",
+        help="the same stages at tiny sizes (a 40-product catalogue, a few steps each): checks "
+        "that everything runs, says nothing about quality",
     )
-    parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-
-
-def stages(args: argparse.Namespace) -> list[tuple[str, list[str], list[str], str]]:
-    """``(name, afmrl argv, names of the stages it reads, output path)`` in order."""
-    from pathlib import Path
-
-    out = Path(args.out)
-    catalog, model = str(out / "catalog"), str(out / "base_model")
-    evaluation = str(out / "evaluation")
-    return [
-        (
-            "catalogue",
-            ["synth", "--out", catalog, "--seed", str(args.seed), "--products",
-             str(args.products), "--preview", str(out / "catalog_preview.png")],
-            [],
-            catalog,
-        ),
-        (
-            "embedded default",
-            ["init", "--out", model, "--data", catalog, "--seed", str(args.seed), "--overwrite"],
-            ["catalogue"],
-            model,
-        ),
-        (
-            "evaluation",
-            ["evaluate", "--model", model, "--data", catalog, "--out", evaluation, "--baselines",
-             "--baseline-model", model],
-            ["catalogue", "embedded default"],
-            evaluation,
-        ),
-        (
-            "calibration",
-            ["calibrate", "--model", model, "--data", catalog, "--test", "--no-progress"],
-            ["catalogue", "embedded default"],
-            str(out / "base_model" / "calibration.json"),
-        ),
-    ]  # fmt: skip
+    add_no_progress(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
+    import shlex
+    import sys
     import time
     from pathlib import Path
 
     from afmrl.cli import main
-    from afmrl.cli.arguments import check_out
-    from afmrl.io import fingerprint, write_json_atomic
+    from afmrl.cli.arguments import check_out, settings_from_args
+    from afmrl.pipeline.plan import FINAL_MODEL, OUTPUT_NAMES, build_plan
+    from afmrl.pipeline.runner import run_plan
+    from afmrl.pipeline.settings import smoke_settings
 
-    plan = stages(args)
-    outputs = {Path(output).name for *_, output in plan} | {STATE_FILE, "catalog_preview.png"}
+    settings = settings_from_args(PipelineSettings, args)
+    if args.smoke:
+        settings = smoke_settings(settings)
 
     def ours(folder: Path) -> bool:
         """Only this pipeline's outputs (and their in-progress hidden siblings) live here."""
         return all(
-            p.name in outputs or any(p.name.startswith(f".{name}.") for name in outputs)
+            p.name in OUTPUT_NAMES or any(p.name.startswith(f".{n}.") for n in OUTPUT_NAMES)
             for p in folder.iterdir()
         )
 
     out = check_out(args.out, ours=ours, overwrite=True)
-    state_path = out / STATE_FILE
-    try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        state = {}
-    fingerprints: dict[str, str] = {}
-    for i, (name, argv, reads, output) in enumerate(plan, 1):
-        fingerprints[name] = fingerprint(argv, [fingerprints[r] for r in reads])
-        done = state.get(name, {})
-        if done.get("fingerprint") == fingerprints[name] and Path(output).exists():
-            print(f"[pipeline] {i}/{len(plan)} {name}: unchanged since the last run, skipped")
-            continue
-        print(f"[pipeline] {i}/{len(plan)} {name}: afmrl {' '.join(argv)}", flush=True)
-        start = time.perf_counter()
-        rc = main(argv)
-        if rc:
-            return rc
-        state[name] = {
-            "fingerprint": fingerprints[name],
-            "seconds": round(time.perf_counter() - start, 1),
-        }
-        write_json_atomic(state_path, state)
-    report = out / "evaluation" / "report.md"
-    print(f"[pipeline] done; report: {report}\n")
-    print(report.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    plan = build_plan(settings, out, progress=not args.no_progress)
+    start = time.perf_counter()
+    rerun = (
+        shlex.join(["afmrl", *sys.argv[1:]])
+        if sys.argv[1:2] == ["pipeline"]
+        else "the same command"
+    )
+    rc = run_plan(plan, out, main, rerun)
+    if rc:
+        return rc
+    report = (out / "report.md").read_text(encoding="utf-8")
+    table = report.split("## Retrieval (test split)\n\n", 1)[-1].split("\n\n", 1)[0]
+    print(
+        f"\n[pipeline] done ({time.perf_counter() - start:.0f} s this run). In {out}:\n"
+        "  report.md, ablation.png, rar_reward.png, stage_times.png  the ablation report\n"
+        f"  {FINAL_MODEL}/   the published model: card (README.md), metrics.json, "
+        "calibration.json\n"
+        "  models/         every trained variant, per seed\n"
+        "  evaluation/     metrics.json + report.md of each evaluation\n"
+        "  catalog/        the catalogue (catalog_preview.png: a contact sheet)\n"
+        f"Open the demo:  afmrl demo --model {out / FINAL_MODEL} --data {out / 'catalog'}\n"
+        f"Publish:        afmrl push --checkpoint {out / FINAL_MODEL} --metrics "
+        f"{out / FINAL_MODEL / 'metrics.json'} --repo-id ORG/NAME [--data {out / 'catalog'} "
+        "--dataset-repo ORG/DATA] [--space-repo ORG/SPACE]\n"
+    )
+    print(table)
     return 0

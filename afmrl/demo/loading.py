@@ -20,7 +20,7 @@ from afmrl.errors import MissingPathError, UserError, one_line
 from afmrl.io import looks_like_local_path
 
 #: The quickstart's final model and catalogue (``make quickstart``), relative to the working folder.
-DEFAULT_MODEL = "outputs/quickstart/base_model"
+DEFAULT_MODEL = "outputs/quickstart/afmrl-model"
 DEFAULT_DATA = "outputs/quickstart/catalog"
 
 
