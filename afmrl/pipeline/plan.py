@@ -101,8 +101,8 @@ def build_plan(settings: PipelineSettings, out: Path, *, progress: bool = True) 
         ),
         Stage(
             "SFT attributes", catalog_sft, ("extractor SFT",),
-            ("extract", "--model", sft, "--data", catalog, "--out", catalog_sft,
-             "--attributes-column", ATTRIBUTE_COLUMN, "--overwrite", *common),
+            ("extract", "--model", sft, "--data", catalog, "--out", catalog_sft, "--splits",
+             "train", "--attributes-column", ATTRIBUTE_COLUMN, "--overwrite", *common),
             "attribute extraction",
         ),
     ]  # fmt: skip

@@ -80,8 +80,10 @@ def test_plan_runs_every_variant_per_seed_and_fingerprints_follow_the_reads(tmp_
         "choice of the published model (validation)", "Hub-ready model", "calibration", "report",
     }  # fmt: skip
     rar = next(s for s in plan if s.name == "RAR (seed 1)")
-    assert "--max-steps" not in rar.argv  # the stage command's own default
+    assert rar.argv[rar.argv.index("--max-steps") + 1] == str(settings.rar_steps)
     assert rar.argv[rar.argv.index("--seed") + 1] == "1"
+    infonce = next(s for s in plan if s.name == "InfoNCE encoder (seed 1)")
+    assert "--max-steps" not in infonce.argv  # None: the stage command's own default
 
 
 def test_smoke_sizes_fill_in_what_was_not_given():
