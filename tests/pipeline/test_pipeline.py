@@ -18,8 +18,8 @@ from tiny_models import REPO
 
 pytestmark = pytest.mark.slow
 
-SMOKE = ("pipeline", "--smoke", "--no-progress", "--threads", "1")
-STAGES = 16
+SMOKE = ("pipeline", "--smoke", "--seeds", "2", "--no-progress", "--threads", "1")
+STAGES = 21  # 4 shared, 5 per training seed, 7 after
 ROWS = (
     "chance", "title BM25", "title-only (MiniLM)", "image-only (EfficientNet-Lite0)",
     "untrained fusion", "InfoNCE", "AGCL", "AGCL + SFT attributes",
@@ -62,8 +62,10 @@ def test_smoke_runs_every_stage_and_writes_the_report(smoke):
     out, log = smoke
     assert len(_ran(log)) == STAGES
     table = _retrieval_table(out)
-    labels = [line.split(" | ")[0].removeprefix("| ") for line in table.splitlines()[2:]]
-    assert labels == list(ROWS)
+    rows = [line.split(" | ") for line in table.splitlines()[2:]]
+    assert [r[0].removeprefix("| ") for r in rows] == list(ROWS)
+    assert all(" ± " in r[1] for r in rows[5:])  # trained rows: mean ± std over the 2 seeds
+    assert " ± " not in rows[1][1]  # a peer is deterministic
     assert "paper, M5Product" in table and "(VLM2Vec)" in table  # labelled as the paper's
     for png in ("ablation.png", "rar_reward.png", "stage_times.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -148,12 +150,13 @@ def test_rerun_skips_finished_stages_and_reruns_what_a_changed_setting_touches(s
     changed = _pipeline(out, "--rar-steps", "3")
     assert changed.returncode == 0, changed.stderr[-3000:]
     assert _ran(changed.stdout) == [
-        "RAR (seed 0)", "CIT round (seed 0)", "evaluation: attribute-enhanced",
-        "evaluation: extractor attributes", "choice of the published model (validation)",
-        "Hub-ready model", "calibration", "report",
+        "RAR (seed 0)", "CIT round (seed 0)", "RAR (seed 1)", "CIT round (seed 1)",
+        "evaluation: attribute-enhanced", "evaluation: extractor attributes",
+        "choice of the published model (validation)", "Hub-ready model", "calibration", "report",
     ]  # fmt: skip
-    history = json.loads((out / "models" / "afmrl-s0" / "rar_training.json").read_text())
-    assert history["steps"] == 3
+    for seed in (0, 1):
+        history = json.loads((out / "models" / f"afmrl-s{seed}" / "rar_training.json").read_text())
+        assert history["steps"] == 3
 
 
 def test_pipeline_refuses_a_folder_that_is_not_its_own(tmp_path):
