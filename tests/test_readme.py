@@ -48,7 +48,7 @@ def test_readme_examples_run(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     build_embedded_default(
-        tmp_path / "outputs" / "quickstart" / "base_model", progress=lambda _: None
+        tmp_path / "outputs" / "quickstart" / "afmrl-model", progress=lambda _: None
     )
     Image.new("RGB", (160, 120), "navy").save("shoe.jpg")
     (tmp_path / "my_catalog").mkdir()

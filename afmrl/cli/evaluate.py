@@ -144,7 +144,9 @@ def _retrieval_task(args: argparse.Namespace, out) -> int:
             gallery_ds,
             attributes=args.attributes,
             name=name,
-            cache_dir=out / "cache" / name,
+            cache_dir=_attribute_cache(out, name, model)
+            if args.attributes == "generated"
+            else None,
             max_new_tokens=args.max_new_tokens,
             **common,
         )
@@ -240,6 +242,22 @@ def _attribute_task(args: argparse.Namespace, out) -> int:
         f"({time.perf_counter() - start:.0f} s)"
     )
     return 0
+
+
+def _attribute_cache(out, name: str, model):
+    """``OUT/cache/<name>-<weights fingerprint>``: generated attributes are reused for the same
+    weights only, so evaluating a retrained model at the same path starts a fresh cache (the
+    previous weights' caches of that name are removed)."""
+    import shutil
+
+    from afmrl.models import model_fingerprint
+
+    folder = out / "cache" / f"{name}-{model_fingerprint(model)[:16]}"
+    if folder.parent.is_dir():
+        for stale in folder.parent.glob(f"{name}-*"):
+            if stale != folder and stale.name.removeprefix(f"{name}-").isalnum():
+                shutil.rmtree(stale, ignore_errors=True)
+    return folder
 
 
 def _summary(metrics: dict) -> str:

@@ -14,3 +14,11 @@ def _one_faiss_thread():
     faiss.omp_set_num_threads(1)
     yield
     faiss.omp_set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def checkpoint() -> str:
+    """A saved tiny dual-encoder checkpoint (no extractor)."""
+    from tiny_models import saved_tiny_checkpoint
+
+    return saved_tiny_checkpoint("dual")

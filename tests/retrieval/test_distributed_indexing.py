@@ -88,13 +88,6 @@ def catalogue(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def checkpoint() -> str:
-    from tiny_models import saved_tiny_checkpoint
-
-    return saved_tiny_checkpoint("dual")
-
-
-@pytest.fixture(scope="module")
 def one_process(tmp_path_factory, checkpoint, catalogue) -> RetrievalIndex:
     """The reference: ``afmrl index`` in this one process."""
     out = tmp_path_factory.mktemp("one") / "index"

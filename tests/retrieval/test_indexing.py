@@ -33,13 +33,6 @@ def catalogue(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def checkpoint() -> str:
-    from tiny_models import saved_tiny_checkpoint
-
-    return saved_tiny_checkpoint("dual")
-
-
 def _index_args(checkpoint: str, catalogue: Path, out: Path, *extra: str) -> list[str]:
     return [
         "index",
