@@ -172,7 +172,8 @@ def test_extract_evaluate_and_index_see_the_same_attributes(tmp_path):
     column = load_catalog(extracted)
     for split in ("query", "gallery"):
         written = list(column[split]["attributes"])
-        shards = ShardFolder(tmp_path / "eval" / "cache" / "model" / split, {})
+        (cache,) = (tmp_path / "eval" / "cache").glob("model-*")  # one per model's weights
+        shards = ShardFolder(cache / split, {})
         evaluated = [t for i in range(len(list(shards.folder.glob("shard-*.json"))))
                      for t in shards.read(i)[0]["texts"]]  # fmt: skip
         assert evaluated == written, split
